@@ -1,0 +1,70 @@
+"""Composition root: build every part from settings, once, and hand the bundle around."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Engine
+
+from consentgate.config import Settings, load_settings
+from consentgate.consent.ingest import IngestService
+from consentgate.consent.queries import ConsentQueries
+from consentgate.consent.subjects import SubjectLinks
+from consentgate.crypto.keystore import KeyStore, LocalKeyStore
+from consentgate.domain.clock import Clock, SystemClock
+from consentgate.ledger.store import LedgerStore
+from consentgate.storage.engine import build_engine, migrate
+from consentgate.tenants.service import TenantService
+
+
+@dataclass(frozen=True)
+class App:
+    settings: Settings
+    engine: Engine
+    clock: Clock
+    keystore: KeyStore
+    ledger: LedgerStore
+    tenants: TenantService
+    links: SubjectLinks
+    ingest: IngestService
+    queries: ConsentQueries
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def build(
+    settings: Settings | None = None,
+    *,
+    clock: Clock | None = None,
+    keystore: KeyStore | None = None,
+    run_migrations: bool = True,
+) -> App:
+    settings = settings or load_settings()
+    clock = clock or SystemClock()
+    engine = build_engine(settings.storage)
+    if run_migrations:
+        migrate(engine)
+    keystore = keystore or LocalKeyStore(settings.keys.key_dir, settings.keys.master_key)
+    ledger = LedgerStore(keystore, settings.consent.log_origin_prefix)
+    tenants = TenantService(engine, keystore, ledger, clock)
+    links = SubjectLinks(keystore)
+    return App(
+        settings=settings,
+        engine=engine,
+        clock=clock,
+        keystore=keystore,
+        ledger=ledger,
+        tenants=tenants,
+        links=links,
+        ingest=IngestService(
+            engine,
+            tenants,
+            links,
+            ledger,
+            clock,
+            timedelta(seconds=settings.consent.future_skew_seconds),
+        ),
+        queries=ConsentQueries(engine, tenants, links, clock),
+    )

@@ -1,0 +1,109 @@
+"""Settings, in sections, built by :func:`load_settings` from the environment.
+
+Nothing is read at import time: the composition root calls ``load_settings()`` once and
+passes the sections down. Every variable is ``CONSENTGATE_*``; an optional TOML file named by
+``CONSENTGATE_CONFIG`` supplies defaults that the environment overrides.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from consentgate.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    data_dir: Path
+    database_url: str
+    sqlite_synchronous: str = "FULL"  # acknowledged means durable, power loss included
+    busy_timeout_ms: int = 10_000
+    pool_size: int = 10
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith("postgresql")
+
+
+@dataclass(frozen=True)
+class KeySettings:
+    key_dir: Path
+    master_key: str | None = None  # base64 of 32 bytes; else a generated 0600 key file
+
+
+@dataclass(frozen=True)
+class ConsentSettings:
+    future_skew_seconds: int = 300
+    max_batch: int = 1000
+    log_origin_prefix: str = "consentgate.local/ledger"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage: StorageSettings
+    keys: KeySettings
+    consent: ConsentSettings = field(default_factory=ConsentSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} must be an integer", field=name) from None
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from ``environ`` (default ``os.environ``) and the optional TOML file."""
+    env: dict[str, str] = {}
+    source = os.environ if environ is None else environ
+    config_file = source.get("CONSENTGATE_CONFIG")
+    if config_file:
+        with open(config_file, "rb") as fh:
+            for key, value in tomllib.load(fh).items():
+                env[f"CONSENTGATE_{key.upper()}"] = str(value)
+    env.update({k: v for k, v in source.items() if k.startswith("CONSENTGATE_")})
+
+    data_dir = Path(env.get("CONSENTGATE_DATA_DIR", "./var")).resolve()
+    database_url = env.get("CONSENTGATE_DATABASE_URL") or f"sqlite:///{data_dir / 'consentgate.db'}"
+    if not (database_url.startswith("sqlite") or database_url.startswith("postgresql+psycopg")):
+        raise InvalidInput(
+            "CONSENTGATE_DATABASE_URL must be a sqlite:/// or postgresql+psycopg:// URL",
+            field="CONSENTGATE_DATABASE_URL",
+        )
+    return Settings(
+        storage=StorageSettings(
+            data_dir=data_dir,
+            database_url=database_url,
+            sqlite_synchronous=env.get("CONSENTGATE_SQLITE_SYNCHRONOUS", "FULL").upper(),
+            busy_timeout_ms=_int(env, "CONSENTGATE_BUSY_TIMEOUT_MS", 10_000),
+            pool_size=_int(env, "CONSENTGATE_POOL_SIZE", 10),
+        ),
+        keys=KeySettings(
+            key_dir=Path(env.get("CONSENTGATE_KEY_DIR", str(data_dir / "keys"))).resolve(),
+            master_key=env.get("CONSENTGATE_MASTER_KEY") or None,
+        ),
+        consent=ConsentSettings(
+            future_skew_seconds=_int(env, "CONSENTGATE_FUTURE_SKEW_SECONDS", 300),
+            log_origin_prefix=env.get("CONSENTGATE_LOG_ORIGIN_PREFIX", "consentgate.local/ledger"),
+        ),
+        server=ServerSettings(
+            host=env.get("CONSENTGATE_HOST", "127.0.0.1"),
+            port=_int(env, "CONSENTGATE_PORT", 8080),
+            max_body_bytes=_int(env, "CONSENTGATE_MAX_BODY_BYTES", 4 * 1024 * 1024),
+        ),
+    )

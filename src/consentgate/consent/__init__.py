@@ -1,0 +1,1 @@
+"""Consent: ingest into the ledger, the latest-state view, subject links."""

@@ -1,0 +1,347 @@
+"""Ingest: validate consent events, append them to the ledger and move the state view, in
+one transaction per request (a batch is all-or-nothing).
+
+Order inside the transaction matters: the tenant's ledger head is locked first, so subject
+creation, idempotency checks, seq assignment and the state update cannot interleave with
+another writer of the same tenant.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+
+from consentgate.consent.subjects import HashedIdentifier, SubjectLinks, check_hashed_id
+from consentgate.domain import consent as rules
+from consentgate.domain.clock import Clock
+from consentgate.domain.consent import ConsentStatus, Purpose, Source, StateEntry
+from consentgate.domain.identity import Identifier, normalise_email, normalise_phone
+from consentgate.domain.timeutil import format_rfc3339, from_micros, parse_rfc3339, to_micros
+from consentgate.errors import Conflict, InvalidInput
+from consentgate.ledger.leaf import LeafEvent, content_fingerprint
+from consentgate.ledger.store import LedgerStore, NewLeaf, b64
+from consentgate.storage.engine import write_tx
+from consentgate.storage.tables import consent_state, ledger_entries
+from consentgate.tenants.service import TenantService
+
+
+@dataclass(frozen=True, slots=True)
+class EventInput:
+    """One event as submitted. Exactly one of phone, email, hashed_id names the person."""
+
+    consent_id: str
+    consent_type: str
+    status: str
+    timestamp: str
+    source: str = "api"
+    phone: str | None = field(default=None, repr=False)
+    email: str | None = field(default=None, repr=False)
+    hashed_id: str | None = None
+    cmp_version: str | None = None
+    policy_version: str | None = None
+    jurisdiction: str | None = None
+    device: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    event_id: str
+    seq: int
+    hashed_id: str
+    leaf_hash: str
+    created: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "seq": self.seq,
+            "hashed_id": self.hashed_id,
+            "leaf_hash": self.leaf_hash,
+        }
+
+
+@dataclass(slots=True)
+class _Checked:
+    """An event after validation, the identifier already reduced to its hashes."""
+
+    index: int
+    source: EventInput
+    identity: HashedIdentifier | None
+    status: ConsentStatus
+    timestamp_us: int
+    timestamp: str
+    source_kind: Source
+    subject_ref: str = ""
+    hashed_id: str = ""
+
+
+class IngestService:
+    def __init__(
+        self,
+        engine: Engine,
+        tenants: TenantService,
+        links: SubjectLinks,
+        ledger: LedgerStore,
+        clock: Clock,
+        future_skew: timedelta = timedelta(minutes=5),
+    ) -> None:
+        self._engine = engine
+        self._tenants = tenants
+        self._links = links
+        self._ledger = ledger
+        self._clock = clock
+        self._skew = future_skew
+
+    # -- validation (no I/O but the key store) -----------------------------------------------
+    def _check(self, tenant: str, region: str | None, i: int, ev: EventInput, prefix: str) -> _Checked:
+        def f(name: str) -> str:
+            return f"{prefix}{name}"
+
+        given = [n for n in ("phone", "email", "hashed_id") if getattr(ev, n) is not None]
+        if len(given) != 1:
+            raise InvalidInput(
+                "exactly one of phone, email or hashed_id must name the person",
+                field=f("phone"),
+            )
+        identity: Identifier | None = None
+        if ev.phone is not None:
+            identity = normalise_phone(ev.phone, region, field=f("phone"))
+        elif ev.email is not None:
+            identity = normalise_email(ev.email, field=f("email"))
+        else:
+            check_hashed_id(str(ev.hashed_id), field=f("hashed_id"))
+        if not ev.consent_id or len(ev.consent_id) > 200:
+            raise InvalidInput("consent_id must be 1-200 characters", field=f("consent_id"))
+        try:
+            status = ConsentStatus(ev.status)
+        except ValueError:
+            raise InvalidInput("status must be granted or withdrawn", field=f("status")) from None
+        try:
+            source = Source(ev.source)
+        except ValueError:
+            allowed = ", ".join(s.value for s in Source)
+            raise InvalidInput(f"source must be one of {allowed}", field=f("source")) from None
+        instant = parse_rfc3339(ev.timestamp, field=f("timestamp"))
+        rules.check_not_future(instant, self._clock.now(), self._skew, field=f("timestamp"))
+        return _Checked(
+            index=i,
+            source=ev,
+            identity=None if identity is None else self._links.hash_identifier(tenant, identity),
+            status=status,
+            timestamp_us=to_micros(instant),
+            timestamp=format_rfc3339(instant),
+            source_kind=source,
+        )
+
+    # -- the transaction ---------------------------------------------------------------------
+    def ingest(
+        self, tenant: str, region: str | None, events: list[EventInput], *, batch: bool
+    ) -> list[IngestResult]:
+        prefix = "events[{}]." if batch else ""
+        checked = [
+            self._check(tenant, region, i, ev, prefix.format(i)) for i, ev in enumerate(events)
+        ]
+        now = self._clock.now()
+        now_us = to_micros(now)
+        with write_tx(self._engine) as conn:
+            head = self._ledger.lock_head(conn, tenant)
+            catalogue = self._tenants.purposes(conn, tenant)
+            for c in checked:
+                if c.source.consent_type not in catalogue:
+                    raise InvalidInput(
+                        f"unknown consent_type; this tenant's purposes: {', '.join(sorted(catalogue))}",
+                        field=prefix.format(c.index) + "consent_type",
+                    )
+            self._resolve_subjects(conn, tenant, checked, prefix, now_us)
+            results: dict[int, IngestResult] = {}
+            fresh: list[tuple[_Checked, LeafEvent]] = []
+            seen: dict[str, tuple[bytes, int]] = {}
+            existing = self._existing(conn, tenant, [c.source.consent_id for c in checked])
+            received = format_rfc3339(now)
+            for c in checked:
+                leaf = LeafEvent(
+                    tenant=tenant,
+                    seq=head.tree_size + len(fresh),
+                    event_id=str(uuid.uuid4()),
+                    subject_ref=c.subject_ref,
+                    consent_type=c.source.consent_type,
+                    status=c.status.value,
+                    timestamp=c.timestamp,
+                    received_at=received,
+                    consent_id=c.source.consent_id,
+                    source=c.source_kind.value,
+                    cmp_version=c.source.cmp_version,
+                    policy_version=c.source.policy_version,
+                    jurisdiction=c.source.jurisdiction,
+                    device=c.source.device,
+                )
+                fingerprint = content_fingerprint(leaf.document())
+                prior = existing.get(c.source.consent_id)
+                if prior is not None:
+                    if prior["content_hash"] != fingerprint:
+                        raise Conflict(
+                            "consent_id was already recorded with other content",
+                            field=prefix.format(c.index) + "consent_id",
+                        )
+                    results[c.index] = IngestResult(
+                        prior["event_id"], prior["seq"], c.hashed_id, b64(prior["leaf_hash"]), False
+                    )
+                    continue
+                if c.source.consent_id in seen:
+                    if seen[c.source.consent_id][0] != fingerprint:
+                        raise Conflict(
+                            "consent_id appears twice in this batch with different content",
+                            field=prefix.format(c.index) + "consent_id",
+                        )
+                    continue  # resolved to the first occurrence below
+                seen[c.source.consent_id] = (fingerprint, c.index)
+                fresh.append((c, leaf))
+            hashes: list[bytes] = []
+            if fresh:
+                new_leaves = [
+                    NewLeaf(
+                        seq=leaf.seq,
+                        event_id=leaf.event_id,
+                        subject_ref=c.subject_ref,
+                        consent_type=leaf.consent_type,
+                        status=leaf.status,
+                        ts_us=c.timestamp_us,
+                        received_us=now_us,
+                        consent_id=leaf.consent_id,
+                        content_hash=seen[leaf.consent_id][0],
+                        leaf=leaf.to_bytes(),
+                    )
+                    for c, leaf in fresh
+                ]
+                hashes, _ = self._ledger.append(conn, tenant, head, new_leaves, now_us)
+                self._update_state(conn, tenant, fresh, catalogue, now_us)
+            first_result: dict[str, IngestResult] = {}
+            for (c, leaf), digest in zip(fresh, hashes, strict=True):
+                result = IngestResult(leaf.event_id, leaf.seq, c.hashed_id, b64(digest), True)
+                results[c.index] = result
+                first_result[leaf.consent_id] = result
+            for c in checked:
+                if c.index not in results:  # a duplicate inside the batch
+                    r = first_result[c.source.consent_id]
+                    results[c.index] = IngestResult(r.event_id, r.seq, c.hashed_id, r.leaf_hash, False)
+        return [results[i] for i in range(len(checked))]
+
+    def _resolve_subjects(
+        self, conn: Connection, tenant: str, checked: list[_Checked], prefix: str, now_us: int
+    ) -> None:
+        by_identity = [c for c in checked if c.identity is not None]
+        refs = self._links.resolve_or_create(
+            conn, tenant, [c.identity for c in by_identity if c.identity is not None], now_us
+        )
+        for c, ref in zip(by_identity, refs, strict=True):
+            assert c.identity is not None
+            c.subject_ref, c.hashed_id = ref, c.identity.current
+        by_hash = [c for c in checked if c.identity is None]
+        if not by_hash:
+            return
+        known = self._links.known_hashed(conn, tenant, [str(c.source.hashed_id) for c in by_hash])
+        for c in by_hash:
+            c.hashed_id = str(c.source.hashed_id)
+            if c.hashed_id not in known:
+                raise InvalidInput(
+                    "hashed_id names no known subject: record the first event by phone or email",
+                    field=prefix.format(c.index) + "hashed_id",
+                )
+            c.subject_ref = known[c.hashed_id]
+
+    def _existing(self, conn: Connection, tenant: str, consent_ids: list[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        unique = sorted(set(consent_ids))
+        for start in range(0, len(unique), 500):
+            rows = conn.execute(
+                select(
+                    ledger_entries.c.consent_id,
+                    ledger_entries.c.event_id,
+                    ledger_entries.c.seq,
+                    ledger_entries.c.leaf_hash,
+                    ledger_entries.c.content_hash,
+                ).where(
+                    ledger_entries.c.tenant_id == tenant,
+                    ledger_entries.c.consent_id.in_(unique[start : start + 500]),
+                )
+            )
+            for r in rows:
+                found[r.consent_id] = {
+                    "event_id": r.event_id,
+                    "seq": int(r.seq),
+                    "leaf_hash": bytes(r.leaf_hash),
+                    "content_hash": bytes(r.content_hash),
+                }
+        return found
+
+    def _update_state(
+        self,
+        conn: Connection,
+        tenant: str,
+        fresh: list[tuple[_Checked, LeafEvent]],
+        catalogue: dict[str, Purpose],
+        now_us: int,
+    ) -> None:
+        pairs = sorted({(c.subject_ref, leaf.consent_type) for c, leaf in fresh})
+        current: dict[tuple[str, str], StateEntry] = {}
+        for start in range(0, len(pairs), 400):
+            for r in conn.execute(
+                select(consent_state).where(
+                    consent_state.c.tenant_id == tenant,
+                    tuple_(consent_state.c.subject_ref, consent_state.c.consent_type).in_(
+                        pairs[start : start + 400]
+                    ),
+                )
+            ):
+                current[(r.subject_ref, r.consent_type)] = StateEntry(
+                    ConsentStatus(r.status), from_micros(r.effective_us), r.event_seq, r.consent_id
+                )
+        changed: dict[tuple[str, str], StateEntry] = {}
+        for c, leaf in fresh:
+            key = (c.subject_ref, leaf.consent_type)
+            candidate = StateEntry(c.status, from_micros(c.timestamp_us), leaf.seq, leaf.consent_id)
+            winner = rules.apply(changed.get(key, current.get(key)), candidate)
+            if winner is not None:
+                changed[key] = winner
+        if changed:
+            upsert_state(conn, tenant, changed, catalogue, now_us)
+
+
+def upsert_state(
+    conn: Connection,
+    tenant: str,
+    entries: dict[tuple[str, str], StateEntry],
+    catalogue: dict[str, Purpose],
+    now_us: int,
+) -> None:
+    rows = []
+    for (subject_ref, purpose), entry in entries.items():
+        expiry = rules.expires_at(entry, catalogue[purpose].max_age if purpose in catalogue else None)
+        rows.append(
+            {
+                "tenant_id": tenant,
+                "subject_ref": subject_ref,
+                "consent_type": purpose,
+                "status": entry.status.value,
+                "effective_us": to_micros(entry.effective_at),
+                "event_seq": entry.event_seq,
+                "consent_id": entry.consent_id,
+                "expires_us": None if expiry is None else to_micros(expiry),
+                "updated_us": now_us,
+            }
+        )
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(consent_state)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["tenant_id", "subject_ref", "consent_type"],
+        set_={
+            name: stmt.excluded[name]
+            for name in ("status", "effective_us", "event_seq", "consent_id", "expires_us", "updated_us")
+        },
+    )
+    conn.execute(stmt, rows)

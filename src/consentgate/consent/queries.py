@@ -1,0 +1,96 @@
+"""Reads of the consent record: the latest-state view and a subject's history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, select
+
+from consentgate.consent.subjects import SubjectLinks, check_hashed_id
+from consentgate.domain import consent as rules
+from consentgate.domain.clock import Clock
+from consentgate.domain.consent import ConsentStatus, StateEntry, StateView
+from consentgate.domain.identity import Identifier
+from consentgate.domain.timeutil import format_rfc3339, from_micros
+from consentgate.errors import NotFound
+from consentgate.ledger.leaf import parse_leaf
+from consentgate.ledger.store import b64
+from consentgate.storage.engine import read_tx
+from consentgate.storage.tables import consent_state, ledger_entries
+from consentgate.tenants.service import TenantService
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectConsents:
+    hashed_id: str
+    consents: dict[str, StateView]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "hashed_id": self.hashed_id,
+            "consents": {
+                purpose: {
+                    "status": v.status.value,
+                    "effective_at": format_rfc3339(v.effective_at),
+                    "event_seq": v.event_seq,
+                    "expires_at": None if v.expires_at is None else format_rfc3339(v.expires_at),
+                }
+                for purpose, v in sorted(self.consents.items())
+            },
+        }
+
+
+class ConsentQueries:
+    def __init__(
+        self, engine: Engine, tenants: TenantService, links: SubjectLinks, clock: Clock
+    ) -> None:
+        self._engine = engine
+        self._tenants = tenants
+        self._links = links
+        self._clock = clock
+
+    def _state(self, conn: Connection, tenant: str, subject_ref: str) -> dict[str, StateView]:
+        catalogue = self._tenants.purposes(conn, tenant)
+        now = self._clock.now()
+        views: dict[str, StateView] = {}
+        for r in conn.execute(
+            select(
+                consent_state.c.consent_type,
+                consent_state.c.status,
+                consent_state.c.effective_us,
+                consent_state.c.event_seq,
+                consent_state.c.consent_id,
+            ).where(consent_state.c.tenant_id == tenant, consent_state.c.subject_ref == subject_ref)
+        ):
+            entry = StateEntry(
+                ConsentStatus(r.status), from_micros(r.effective_us), int(r.event_seq), r.consent_id
+            )
+            purpose = catalogue.get(r.consent_type)
+            views[r.consent_type] = rules.view(entry, purpose.max_age if purpose else None, now)
+        return views
+
+    def by_hashed_id(self, tenant: str, hashed_id: str) -> SubjectConsents:
+        check_hashed_id(hashed_id)
+        with read_tx(self._engine) as conn:
+            ref = self._links.resolve_hashed(conn, tenant, hashed_id)
+            return SubjectConsents(hashed_id, self._state(conn, tenant, ref))
+
+    def by_identifier(self, tenant: str, identifier: Identifier) -> SubjectConsents:
+        hashed = self._links.hash_identifier(tenant, identifier)
+        with read_tx(self._engine) as conn:
+            ref = self._links.find(conn, tenant, hashed)
+            if ref is None:
+                raise NotFound("no consent has been recorded for this identifier")
+            return SubjectConsents(hashed.current, self._state(conn, tenant, ref))
+
+    def history(self, tenant: str, hashed_id: str) -> list[dict[str, Any]]:
+        check_hashed_id(hashed_id)
+        with read_tx(self._engine) as conn:
+            ref = self._links.resolve_hashed(conn, tenant, hashed_id)
+            rows = conn.execute(
+                select(ledger_entries.c.leaf, ledger_entries.c.leaf_hash)
+                .where(ledger_entries.c.tenant_id == tenant, ledger_entries.c.subject_ref == ref)
+                .order_by(ledger_entries.c.seq)
+            )
+            return [{**parse_leaf(bytes(r.leaf)), "leaf_hash": b64(bytes(r.leaf_hash))} for r in rows]

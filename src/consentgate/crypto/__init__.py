@@ -1,0 +1,1 @@
+"""The only package that imports ``cryptography``: fixed suites, public APIs, terse errors."""

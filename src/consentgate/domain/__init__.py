@@ -1,0 +1,1 @@
+"""Pure rules: identity normalisation, consent state, time. No I/O imports here."""

@@ -1,0 +1,81 @@
+"""Identifier normalisation: phone numbers to E.164, e-mail addresses to one canonical form.
+
+The raw value lives only inside an :class:`Identifier` for the span of a request; its
+``repr`` never shows it, so it cannot leak through logs or tracebacks, and errors name the
+field, never the value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import phonenumbers
+
+from consentgate.errors import InvalidInput
+
+
+class IdentifierKind(StrEnum):
+    PHONE = "phone"
+    EMAIL = "email"
+
+
+@dataclass(frozen=True, slots=True)
+class Identifier:
+    """A normalised identifier. ``value`` is the canonical string that gets keyed-hashed."""
+
+    kind: IdentifierKind
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"Identifier(kind={self.kind.value}, value=<redacted>)"
+
+    __str__ = __repr__
+
+
+def normalise_phone(raw: str, region: str | None, *, field: str = "phone") -> Identifier:
+    """Parse ``raw`` (international, or national in ``region``) into E.164.
+
+    Unparseable or impossible numbers raise :class:`InvalidInput` naming ``field``; the
+    number itself is never echoed.
+    """
+    if not isinstance(raw, str) or not raw.strip() or len(raw) > 64:
+        raise InvalidInput(f"{field} must be a phone number", field=field)
+    try:
+        parsed = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException:
+        raise InvalidInput(
+            f"{field} could not be parsed as a phone number"
+            + ("" if region else " (give it in international format, +<country code>...)"),
+            field=field,
+        ) from None
+    if not phonenumbers.is_possible_number(parsed) or not phonenumbers.is_valid_number(parsed):
+        raise InvalidInput(f"{field} is not a valid phone number", field=field)
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return Identifier(IdentifierKind.PHONE, e164)
+
+
+def normalise_email(raw: str, *, field: str = "email") -> Identifier:
+    """Lower-case, trim, IDNA-encode the domain. Provider-specific rewrites (dots, +tags) are
+    not applied: they are not universal and would merge different people."""
+    if not isinstance(raw, str) or len(raw) > 320:
+        raise InvalidInput(f"{field} must be an e-mail address", field=field)
+    text = raw.strip()
+    local, sep, domain = text.rpartition("@")
+    if (
+        not sep
+        or not local
+        or len(local) > 64
+        or "@" in local
+        or any(c.isspace() for c in text)
+        or "." not in domain
+        or domain.startswith(".")
+        or domain.endswith(".")
+        or ".." in domain
+    ):
+        raise InvalidInput(f"{field} is not a valid e-mail address", field=field)
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise InvalidInput(f"{field} has an invalid domain", field=field) from None
+    return Identifier(IdentifierKind.EMAIL, f"{local.lower()}@{ascii_domain.lower()}")

@@ -1,0 +1,253 @@
+"""The ledger store: appends leaves, keeps the Merkle nodes a proof needs, signs checkpoints.
+
+Every perfect subtree at level ≥ 1 is stored once, when it completes (``ledger_nodes``);
+level-0 hashes are the leaves' own ``leaf_hash``. A proof is therefore a plan of O(log² n)
+coordinates (pure, :mod:`consentgate.ledger.merkle`) fetched in two indexed queries — never a
+rebuild. The head row holds the frontier (compact range) so an append needs no reads beyond
+that row, and locking that row serialises appends per tenant (no global lock).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, insert, select, tuple_, update
+
+from consentgate.crypto.keystore import KeyStore
+from consentgate.errors import InvalidInput, NotFound
+from consentgate.ledger import merkle
+from consentgate.ledger.checkpoint import Checkpoint, signature_line, verifier_key
+from consentgate.storage.tables import checkpoints, ledger_entries, ledger_heads, ledger_nodes
+
+
+@dataclass(frozen=True, slots=True)
+class NewLeaf:
+    """A leaf ready to append: its canonical bytes and the columns queries need."""
+
+    seq: int
+    event_id: str
+    subject_ref: str
+    consent_type: str
+    status: str
+    ts_us: int
+    received_us: int
+    consent_id: str
+    content_hash: bytes
+    leaf: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    tree_size: int
+    frontier: merkle.CompactRange
+
+
+@dataclass(frozen=True, slots=True)
+class SignedCheckpoint:
+    tree_size: int
+    root_hash: bytes
+    note: str
+    kid: str
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+class LedgerStore:
+    def __init__(self, keystore: KeyStore, origin_prefix: str) -> None:
+        self._keys = keystore
+        self._prefix = origin_prefix.rstrip("/")
+
+    def origin(self, tenant: str) -> str:
+        return f"{self._prefix}/{tenant}"
+
+    # -- head --------------------------------------------------------------------------------
+    def init_tenant(self, conn: Connection, tenant: str) -> None:
+        conn.execute(
+            insert(ledger_heads).values(
+                tenant_id=tenant, tree_size=0, root_hash=merkle.EMPTY_ROOT, frontier=b""
+            )
+        )
+
+    def lock_head(self, conn: Connection, tenant: str) -> Head:
+        """Read the head for appending; on PostgreSQL the row lock serialises this tenant's
+        appends until commit (SQLite writers are already serialised by BEGIN IMMEDIATE)."""
+        query = select(ledger_heads.c.tree_size, ledger_heads.c.frontier).where(
+            ledger_heads.c.tenant_id == tenant
+        )
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = conn.execute(query).one_or_none()
+        if row is None:
+            raise NotFound(f"tenant {tenant!r} has no ledger")
+        raw = bytes(row.frontier)
+        hashes = [raw[i : i + 32] for i in range(0, len(raw), 32)]
+        return Head(int(row.tree_size), merkle.CompactRange(int(row.tree_size), hashes))
+
+    def tree_size(self, conn: Connection, tenant: str) -> int:
+        size = conn.execute(
+            select(ledger_heads.c.tree_size).where(ledger_heads.c.tenant_id == tenant)
+        ).scalar_one_or_none()
+        if size is None:
+            raise NotFound(f"tenant {tenant!r} has no ledger")
+        return int(size)
+
+    # -- append ------------------------------------------------------------------------------
+    def append(
+        self, conn: Connection, tenant: str, head: Head, leaves: Sequence[NewLeaf], now_us: int
+    ) -> tuple[list[bytes], SignedCheckpoint]:
+        """Append ``leaves`` (whose seqs continue ``head``), store new nodes, move the head and
+        sign a checkpoint — all inside the caller's transaction. Returns the leaf hashes."""
+        frontier = head.frontier
+        leaf_rows: list[dict[str, Any]] = []
+        node_rows: list[dict[str, Any]] = []
+        hashes: list[bytes] = []
+        for offset, leaf in enumerate(leaves):
+            if leaf.seq != head.tree_size + offset:
+                raise ValueError("leaves must continue the head's sequence")
+            digest = merkle.leaf_hash(leaf.leaf)
+            hashes.append(digest)
+            leaf_rows.append(
+                {
+                    "tenant_id": tenant,
+                    "seq": leaf.seq,
+                    "event_id": leaf.event_id,
+                    "subject_ref": leaf.subject_ref,
+                    "consent_type": leaf.consent_type,
+                    "status": leaf.status,
+                    "ts_us": leaf.ts_us,
+                    "received_us": leaf.received_us,
+                    "consent_id": leaf.consent_id,
+                    "content_hash": leaf.content_hash,
+                    "leaf": leaf.leaf,
+                    "leaf_hash": digest,
+                }
+            )
+            for (level, idx), value in frontier.append(digest):
+                node_rows.append({"tenant_id": tenant, "level": level, "idx": idx, "hash": value})
+        if leaf_rows:
+            conn.execute(insert(ledger_entries), leaf_rows)
+        if node_rows:
+            conn.execute(insert(ledger_nodes), node_rows)
+        root = frontier.root()
+        conn.execute(
+            update(ledger_heads)
+            .where(ledger_heads.c.tenant_id == tenant)
+            .values(tree_size=frontier.size, root_hash=root, frontier=b"".join(frontier.hashes))
+        )
+        return hashes, self._checkpoint(conn, tenant, frontier.size, root, now_us)
+
+    def _checkpoint(
+        self, conn: Connection, tenant: str, size: int, root: bytes, now_us: int
+    ) -> SignedCheckpoint:
+        origin = self.origin(tenant)
+        body = Checkpoint(origin, size, root).body()
+        sig = self._keys.sign(tenant, body)
+        note = body.decode() + "\n" + signature_line(origin, sig.public_key, sig.signature)
+        conn.execute(
+            insert(checkpoints).values(
+                tenant_id=tenant,
+                tree_size=size,
+                root_hash=root,
+                note=note,
+                kid=sig.kid,
+                created_us=now_us,
+            )
+        )
+        return SignedCheckpoint(size, root, note, sig.kid)
+
+    # -- reads -------------------------------------------------------------------------------
+    def latest_checkpoint(self, conn: Connection, tenant: str) -> SignedCheckpoint:
+        row = conn.execute(
+            select(checkpoints)
+            .where(checkpoints.c.tenant_id == tenant)
+            .order_by(checkpoints.c.tree_size.desc())
+            .limit(1)
+        ).one_or_none()
+        if row is None:
+            raise NotFound("the ledger has no checkpoint yet: record a consent event first")
+        return SignedCheckpoint(int(row.tree_size), bytes(row.root_hash), row.note, row.kid)
+
+    def verifier_keys(self, tenant: str) -> list[str]:
+        """Verifier keys, current first, then retired ones (old checkpoints name them)."""
+        keys = self._keys.signing_keys(tenant)
+        ordered = sorted(keys, key=lambda k: (k.retired_at is not None, k.created_at), reverse=False)
+        return [verifier_key(self.origin(tenant), k.public_key) for k in ordered]
+
+    def entry(self, conn: Connection, tenant: str, seq: int) -> tuple[bytes, bytes]:
+        row = conn.execute(
+            select(ledger_entries.c.leaf, ledger_entries.c.leaf_hash).where(
+                ledger_entries.c.tenant_id == tenant, ledger_entries.c.seq == seq
+            )
+        ).one_or_none()
+        if row is None:
+            raise NotFound(f"no ledger entry {seq}")
+        return bytes(row.leaf), bytes(row.leaf_hash)
+
+    def _fetch(self, conn: Connection, tenant: str, coords: set[merkle.Coord]) -> dict[merkle.Coord, bytes]:
+        found: dict[merkle.Coord, bytes] = {}
+        leaves = sorted(idx for level, idx in coords if level == 0)
+        inner = sorted((level, idx) for level, idx in coords if level > 0)
+        if leaves:
+            for seq, value in conn.execute(
+                select(ledger_entries.c.seq, ledger_entries.c.leaf_hash).where(
+                    ledger_entries.c.tenant_id == tenant, ledger_entries.c.seq.in_(leaves)
+                )
+            ):
+                found[(0, int(seq))] = bytes(value)
+        if inner:
+            for level, idx, value in conn.execute(
+                select(ledger_nodes.c.level, ledger_nodes.c.idx, ledger_nodes.c.hash).where(
+                    and_(
+                        ledger_nodes.c.tenant_id == tenant,
+                        tuple_(ledger_nodes.c.level, ledger_nodes.c.idx).in_(inner),
+                    )
+                )
+            ):
+                found[(int(level), int(idx))] = bytes(value)
+        missing = coords - found.keys()
+        if missing:
+            raise RuntimeError(f"ledger nodes missing for a proof: {sorted(missing)[:4]}")
+        return found
+
+    def _checkpointed_size(self, conn: Connection, tenant: str, tree_size: int | None) -> int:
+        current = self.tree_size(conn, tenant)
+        if tree_size is None:
+            return current
+        if tree_size > current:
+            raise InvalidInput(
+                f"tree_size {tree_size} is beyond the current tree size {current}",
+                field="tree_size",
+            )
+        return tree_size
+
+    def inclusion_proof(
+        self, conn: Connection, tenant: str, seq: int, tree_size: int | None
+    ) -> tuple[int, bytes, list[bytes]]:
+        size = self._checkpointed_size(conn, tenant, tree_size)
+        if not 0 <= seq < size:
+            raise InvalidInput(f"seq must be in [0, {size})", field="seq")
+        plan = merkle.inclusion_proof_plan(seq, size)
+        lookup = self._fetch(conn, tenant, merkle.plan_coords(plan) | {(0, seq)})
+        return size, lookup[(0, seq)], merkle.build_proof(plan, lookup)
+
+    def consistency_proof(
+        self, conn: Connection, tenant: str, first: int, second: int
+    ) -> list[bytes]:
+        self._checkpointed_size(conn, tenant, second)
+        if not 0 < first <= second:
+            raise InvalidInput("first must satisfy 0 < first <= second", field="first")
+        plan = merkle.consistency_proof_plan(first, second)
+        return merkle.build_proof(plan, self._fetch(conn, tenant, merkle.plan_coords(plan)))
+
+    def root_at(self, conn: Connection, tenant: str, size: int) -> bytes:
+        """The root of the first ``size`` leaves, from stored nodes."""
+        if size == 0:
+            return merkle.EMPTY_ROOT
+        coords = merkle.range_coords(0, size)
+        lookup = self._fetch(conn, tenant, set(coords))
+        return merkle.fold_right([lookup[c] for c in coords])

@@ -1,0 +1,1 @@
+"""Storage: tables, the engine (SQLite or PostgreSQL), migrations and repositories."""

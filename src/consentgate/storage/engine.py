@@ -1,0 +1,108 @@
+"""The database engine: SQLite (WAL, foreign keys, busy timeout) or PostgreSQL (psycopg 3).
+
+Writes on SQLite start with ``BEGIN IMMEDIATE`` so two writers queue on the busy timeout
+instead of deadlocking on a lock upgrade; reads start deferred and never block a writer
+under WAL. Migrations (Alembic) are applied by :func:`migrate`, at start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event, pool
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from consentgate.config import StorageSettings
+from consentgate.errors import StoreUnavailable
+
+_WRITE = "consentgate_write"
+
+
+def build_engine(settings: StorageSettings) -> Engine:
+    url = settings.database_url
+    if url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            poolclass=pool.QueuePool,
+            pool_size=settings.pool_size,
+            max_overflow=settings.pool_size,
+            connect_args={"check_same_thread": False, "timeout": settings.busy_timeout_ms / 1000},
+        )
+        _configure_sqlite(engine, settings)
+        return engine
+    return create_engine(
+        url,
+        pool_size=settings.pool_size,
+        max_overflow=settings.pool_size,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+def _configure_sqlite(engine: Engine, settings: StorageSettings) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from the driver so BEGIN is ours to issue.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(settings.busy_timeout_ms)}")
+        cursor.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@contextmanager
+def write_tx(engine: Engine) -> Iterator[Connection]:
+    """One write transaction: committed on success, rolled back on any error."""
+    with _translated(), engine.connect() as conn:
+        conn.execution_options(**{_WRITE: True})
+        with conn.begin():
+            yield conn
+
+
+@contextmanager
+def read_tx(engine: Engine) -> Iterator[Connection]:
+    with _translated(), engine.connect() as conn, conn.begin():
+        yield conn
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Connection-level failures become StoreUnavailable, so callers can fail closed."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise StoreUnavailable("the consent store is unavailable; nothing was changed") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise StoreUnavailable("the consent store connection was lost") from exc
+        raise
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("consentgate") / "migrations"))
+    return config
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision (idempotent; safe with concurrent starters on
+    PostgreSQL thanks to an advisory lock)."""
+    config = alembic_config()
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7242201)")
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")

@@ -1,0 +1,1 @@
+"""Tenants, their API keys (stored hashed, with scopes) and their purpose catalogue."""
