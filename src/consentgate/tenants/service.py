@@ -15,7 +15,7 @@ from datetime import timedelta
 from enum import StrEnum
 
 import phonenumbers
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from consentgate.crypto.keystore import KeyStore
 from consentgate.domain.clock import Clock
@@ -24,7 +24,7 @@ from consentgate.domain.timeutil import to_micros
 from consentgate.errors import Conflict, InvalidInput, Unauthenticated
 from consentgate.ledger.store import LedgerStore
 from consentgate.storage.engine import read_tx, write_tx
-from consentgate.storage.tables import api_keys, purposes, tenants
+from consentgate.storage.tables import api_keys, consent_state, purposes, tenants
 
 
 class Scope(StrEnum):
@@ -37,6 +37,7 @@ class Scope(StrEnum):
 
 ALL_SCOPES = frozenset(Scope)
 _TENANT_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_PURPOSE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,3 +182,45 @@ class TenantService:
             )
             for r in rows
         }
+
+    def list_purposes(self, tenant: str) -> list[Purpose]:
+        with read_tx(self._engine) as conn:
+            return sorted(self.purposes(conn, tenant).values(), key=lambda p: p.name)
+
+    def set_purpose(
+        self, tenant: str, name: str, max_age_days: int | None, description: str
+    ) -> Purpose:
+        """Create or change a purpose; stored grant expiries of that purpose follow at once."""
+        if not _PURPOSE_NAME.match(name):
+            raise InvalidInput(
+                "purpose names are 1-64 lower-case letters, digits or underscores", field="name"
+            )
+        max_age = None if max_age_days is None else timedelta(days=max_age_days)
+        seconds = None if max_age is None else int(max_age.total_seconds())
+        with write_tx(self._engine) as conn:
+            exists = conn.execute(
+                select(purposes.c.name).where(purposes.c.tenant_id == tenant, purposes.c.name == name)
+            ).first()
+            values = {"max_age_seconds": seconds, "description": description}
+            if exists:
+                conn.execute(
+                    update(purposes)
+                    .where(purposes.c.tenant_id == tenant, purposes.c.name == name)
+                    .values(**values)
+                )
+            else:
+                conn.execute(insert(purposes).values(tenant_id=tenant, name=name, **values))
+            conn.execute(
+                update(consent_state)
+                .where(
+                    consent_state.c.tenant_id == tenant,
+                    consent_state.c.consent_type == name,
+                    consent_state.c.status == "granted",
+                )
+                .values(
+                    expires_us=None
+                    if seconds is None
+                    else consent_state.c.effective_us + seconds * 1_000_000
+                )
+            )
+        return Purpose(name, max_age, description)

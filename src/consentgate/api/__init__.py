@@ -1,0 +1,1 @@
+"""HTTP surface: FastAPI app factory, auth dependencies, routers, errors as RFC 9457."""

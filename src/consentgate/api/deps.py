@@ -1,0 +1,63 @@
+"""Request dependencies: the composition root and the authenticated principal."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from consentgate.bootstrap import App
+from consentgate.errors import Forbidden, InvalidInput
+from consentgate.tenants.service import Principal, Scope
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def get_app(request: Request) -> App:
+    app: App = request.app.state.consentgate
+    return app
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def require(*scopes: Scope) -> Callable[[Request], Coroutine[Any, Any, Principal]]:
+    """A dependency: the caller's principal, which must hold one of ``scopes``."""
+
+    async def dependency(request: Request) -> Principal:
+        app = get_app(request)
+        principal = await run_in_threadpool(app.tenants.authenticate, _bearer(request))
+        if not principal.scopes.intersection(scopes):
+            needed = " or ".join(s.value for s in scopes)
+            raise Forbidden(f"this API key lacks the {needed} scope")
+        return principal
+
+    return dependency
+
+
+async def json_body(request: Request) -> Any:
+    """The body as JSON; malformed JSON or bad UTF-8 is a 400 problem (via InvalidInput)."""
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise MalformedBody("the body is not valid UTF-8 JSON") from None
+
+
+class MalformedBody(InvalidInput):
+    code = "malformed-request"
+    status = 400
+    title = "Malformed request"
+
+
+def parse(model: type[M], data: Any) -> M:
+    return model.model_validate(data)

@@ -1,0 +1,92 @@
+"""Wire models: requests are parsed here, at the boundary, and rejected with the field named."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Status = Literal["granted", "withdrawn"]
+SourceName = Literal["web", "android", "ios", "api", "import", "inbound_keyword"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_max_length=1000)
+
+
+class ConsentEventIn(_Strict):
+    consent_id: str = Field(min_length=1, max_length=200, description="The CMP's id; idempotency key")
+    phone: str | None = Field(None, description="Raw phone number; hashed at once, never stored")
+    email: str | None = Field(None, description="Raw e-mail address; hashed at once, never stored")
+    hashed_id: str | None = Field(None, description="A hashed id this service returned earlier")
+    consent_type: str = Field(min_length=1, max_length=64, description="A purpose of the tenant")
+    status: Status
+    timestamp: str = Field(description="RFC 3339: when the person acted")
+    cmp_version: str | None = Field(None, max_length=100)
+    source: SourceName = "api"
+    policy_version: str | None = Field(None, max_length=100)
+    jurisdiction: str | None = Field(None, max_length=16)
+    device: dict[str, Any] | None = Field(None, description="Capabilities seen at consent time")
+
+
+class ConsentBatchIn(_Strict):
+    events: list[ConsentEventIn] = Field(min_length=1, max_length=1000)
+
+
+class IngestOut(BaseModel):
+    event_id: str
+    seq: int
+    hashed_id: str
+    leaf_hash: str
+
+
+class BatchOut(BaseModel):
+    events: list[IngestOut]
+
+
+class LookupIn(_Strict):
+    phone: str | None = None
+    email: str | None = None
+    hashed_id: str | None = None
+
+
+class StateOut(BaseModel):
+    status: Literal["granted", "withdrawn", "expired"]
+    effective_at: str
+    event_seq: int
+    expires_at: str | None
+
+
+class ConsentsOut(BaseModel):
+    hashed_id: str
+    consents: dict[str, StateOut]
+
+
+class HistoryOut(BaseModel):
+    hashed_id: str
+    events: list[dict[str, Any]]
+
+
+class InclusionProofOut(BaseModel):
+    seq: int
+    tree_size: int
+    leaf_hash: str
+    hashes: list[str]
+    checkpoint: str | None = Field(None, description="The signed checkpoint at tree_size, if any")
+
+
+class ConsistencyProofOut(BaseModel):
+    first: int
+    second: int
+    hashes: list[str]
+
+
+class PurposeIn(_Strict):
+    max_age_days: int | None = Field(None, ge=1, le=36500)
+    description: str = Field("", max_length=200)
+
+
+class PurposeOut(BaseModel):
+    name: str
+    max_age_days: int | None
+    description: str

@@ -1,0 +1,1 @@
+"""The consent ledger: leaves, the Merkle tree and checkpoints."""
