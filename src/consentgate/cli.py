@@ -1,0 +1,204 @@
+"""The ``consentgate`` command line: thin Typer commands over the composition root."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from consentgate.bootstrap import App, build
+from consentgate.config import load_settings
+from consentgate.crypto.keystore import KeyKind
+from consentgate.errors import ConsentGateError, LedgerTampered
+from consentgate.ledger.verify import verify_tenant
+from consentgate.storage.engine import read_tx
+from consentgate.tenants.service import parse_scopes
+
+cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+tenant_cli = typer.Typer(no_args_is_help=True, help="Tenants and their API keys.")
+keys_cli = typer.Typer(no_args_is_help=True, help="Salts and signing keys.")
+ledger_cli = typer.Typer(no_args_is_help=True, help="The consent ledger.")
+cli.add_typer(tenant_cli, name="tenant")
+cli.add_typer(keys_cli, name="keys")
+cli.add_typer(ledger_cli, name="ledger")
+
+T = TypeVar("T")
+
+
+def _emit(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2))
+
+
+@contextmanager
+def _app() -> Iterator[App]:
+    try:
+        app = build(load_settings())
+    except ConsentGateError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        yield app
+    except LedgerTampered:
+        raise
+    except ConsentGateError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        app.close()
+
+
+def _demo_tenant(app: App) -> None:
+    """On first start of the embedded default, create a demo tenant and show its key."""
+    if app.tenants.any_tenant():
+        return
+    created = app.tenants.create("demo", "GB")
+    path = app.settings.storage.data_dir / "demo-tenant.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(created, fh, indent=2)
+    bar = "=" * 72
+    typer.echo(
+        f"\n{bar}\nCreated the demo tenant 'demo' (region GB).\n"
+        f"  API key:        {created['api_key']}\n"
+        f"  webhook secret: {created['webhook_secret']}\n"
+        f"Saved to {path} (mode 0600). Shown once: only its hash is stored.\n{bar}\n",
+        err=True,
+    )
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8080,
+    no_workers: Annotated[
+        bool, typer.Option("--no-workers", help="API only, no background workers")
+    ] = False,
+    demo: Annotated[bool, typer.Option(help="Create a demo tenant on first start")] = False,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Run the HTTP API (uvicorn). Migrations are applied at start-up."""
+    import uvicorn
+
+    from consentgate.api.app import create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    with _app() as app:
+        if demo:
+            _demo_tenant(app)
+        store = app.settings.storage.database_url.split("://", 1)[0]
+        typer.echo(f"consentgate listening on http://{host}:{port} (store: {store})", err=True)
+        uvicorn.run(create_app(app), host=host, port=port, log_level=log_level, access_log=True)
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply database migrations (serve does this at start-up too)."""
+    with _app():
+        typer.echo("schema is up to date", err=True)
+
+
+@tenant_cli.command("create")
+def tenant_create(
+    name: Annotated[str, typer.Argument(help="Tenant name: lower-case letters, digits, hyphens")],
+    region: Annotated[
+        str | None, typer.Option(help="Default phone region (ISO 3166 alpha-2), e.g. GB")
+    ] = None,
+) -> None:
+    """Create a tenant; prints its owner API key and webhook secret (shown once)."""
+    with _app() as app:
+        _emit(app.tenants.create(name, region))
+
+
+@tenant_cli.command("add-key")
+def tenant_add_key(
+    name: str,
+    scopes: Annotated[str, typer.Option(help="Comma-separated, e.g. audit:read")],
+    label: Annotated[str | None, typer.Option(help="A note on whose key this is")] = None,
+) -> None:
+    """Add an API key with the given scopes; prints it (shown once)."""
+    with _app() as app:
+        key = app.tenants.add_key(name, parse_scopes(scopes), label)
+        _emit({"tenant": name, "key_id": key.key_id, "api_key": key.api_key, "scopes": key.scopes})
+
+
+@tenant_cli.command("list")
+def tenant_list() -> None:
+    """List tenant names."""
+    with _app() as app:
+        _emit(app.tenants.names())
+
+
+class RotateKind(StrEnum):
+    salt = "salt"
+    signing = "signing"
+
+
+@keys_cli.command("rotate")
+def keys_rotate(
+    tenant: Annotated[str, typer.Option(help="Tenant name")],
+    kind: Annotated[RotateKind, typer.Option(help="salt or signing")],
+) -> None:
+    """Add a new current salt version or signing key; old ones keep verifying/matching."""
+    with _app() as app:
+        if not app.tenants.exists(tenant):
+            typer.echo(f"error: no tenant named {tenant!r}", err=True)
+            raise typer.Exit(2)
+        ident = app.keystore.rotate(tenant, KeyKind(kind.value))
+        field = "salt_version" if kind is RotateKind.salt else "kid"
+        _emit({"tenant": tenant, "kind": kind.value, field: ident})
+
+
+def _with_progress(tenant: str, run: Callable[[Callable[[int, int], None] | None], T]) -> T:
+    if not sys.stderr.isatty():
+        return run(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=None,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(f"verifying {tenant}", total=None)
+        return run(lambda done, total: bar.update(task, completed=done, total=total))
+
+
+@ledger_cli.command("verify")
+def ledger_verify(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant (default: all)")] = None,
+) -> None:
+    """Recompute every leaf, node, checkpoint and state row; exit 1 at the first bad seq."""
+    with _app() as app:
+        names = [tenant] if tenant else app.tenants.names()
+        reports = []
+        for name in names:
+            try:
+                with read_tx(app.engine) as conn:
+                    report = _with_progress(
+                        name, lambda p, n=name: verify_tenant(conn, n, app.ledger, p)
+                    )
+            except LedgerTampered as exc:
+                where = f"first bad seq: {exc.seq}" if exc.seq is not None else "not leaf-specific"
+                typer.echo(f"TAMPERED tenant={name} {where}: {exc.detail}", err=True)
+                _emit({"ok": False, "tenant": name, "first_bad_seq": exc.seq, "detail": exc.detail})
+                raise typer.Exit(1) from None
+            reports.append(report.as_dict())
+        _emit(reports)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()
