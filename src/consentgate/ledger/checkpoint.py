@@ -48,7 +48,7 @@ def verifier_key(name: str, public_key: bytes) -> str:
 def parse_verifier_key(text: str) -> tuple[str, bytes]:
     """``name+hash+key`` → (name, raw Ed25519 public key), checking the embedded hash."""
     try:
-        name, hash_hex, encoded = text.strip().rsplit("+", 2)
+        name, hash_hex, encoded = text.strip().split("+", 2)
         raw = base64.b64decode(encoded, validate=True)
     except ValueError:
         raise NoteError("malformed verifier key") from None
