@@ -1,0 +1,128 @@
+"""After an end-to-end run, no raw phone number or e-mail address is anywhere on disk or in
+the logs — in any of the formats it was sent in, accepted or rejected."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from tests.e2e.conftest import Server
+
+PHONES = ["07911 123456", "+44 7400 123456", "+447700123456", "(0)7911-222333", "+1 650 253 0000"]
+REJECTED = ["+44 20 7946 09999 88", "+44 7911 12", "+999 123 456 789"]
+EMAILS = ["Alice.Smith@Example.COM", "bob+rcs@example.org"]
+
+
+def _needles() -> list[bytes]:
+    """Every digit run of 7+ from each number, and each e-mail's local part and address."""
+    needles: set[bytes] = set()
+    for phone in PHONES + REJECTED:
+        digits = re.sub(r"\D", "", phone)
+        for size in (len(digits), len(digits) - 1, len(digits) - 2):
+            if size >= 7:
+                needles.add(digits[-size:].encode())
+    for email in EMAILS:
+        needles.update({email.lower().encode(), email.split("@")[0].lower().encode()})
+    return sorted(needles)
+
+
+def _scan(paths: list[Path]) -> list[str]:
+    leaks = []
+    needles = _needles()
+    for path in paths:
+        data = path.read_bytes().lower()
+        for needle in needles:
+            if needle in data:
+                leaks.append(f"{path}: {needle.decode()}")
+    return leaks
+
+
+def _files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+def test_no_raw_identifier_reaches_disk_or_logs(
+    server: Server, backend: str, request: pytest.FixtureRequest
+) -> None:
+    acme = server.create_tenant("acme")
+    with server.client(acme["api_key"]) as http:
+        for i, phone in enumerate(PHONES):
+            r = http.post(
+                "/v1/consent-events",
+                json={
+                    "consent_id": f"p-{i}",
+                    "phone": phone,
+                    "consent_type": "marketing_rcs",
+                    "status": "granted",
+                    "timestamp": "2026-11-01T10:00:00Z",
+                },
+            )
+            assert r.status_code == 201, r.text
+            assert http.post("/v1/consents/lookup", json={"phone": phone}).status_code == 200
+        for i, email in enumerate(EMAILS):
+            r = http.post(
+                "/v1/consent-events",
+                json={
+                    "consent_id": f"e-{i}",
+                    "email": email,
+                    "consent_type": "analytics",
+                    "status": "granted",
+                    "timestamp": "2026-11-01T10:00:00Z",
+                },
+            )
+            assert r.status_code == 201, r.text
+        for phone in REJECTED:
+            r = http.post(
+                "/v1/consent-events",
+                json={
+                    "consent_id": "bad",
+                    "phone": phone,
+                    "consent_type": "marketing_rcs",
+                    "status": "granted",
+                    "timestamp": "2026-11-01T10:00:00Z",
+                },
+            )
+            assert r.status_code == 422
+            assert not any(n.decode() in r.text for n in _needles())
+            assert http.post("/v1/consents/lookup", json={"phone": phone}).status_code in (404, 422)
+        # Conflicting replay and a wrong-type field: error paths must not echo either.
+        r = http.post(
+            "/v1/consent-events",
+            json={
+                "consent_id": "p-0",
+                "phone": PHONES[0],
+                "consent_type": "marketing_rcs",
+                "status": "withdrawn",
+                "timestamp": "2026-11-01T10:00:00Z",
+            },
+        )
+        assert r.status_code == 409 and not any(n.decode() in r.text for n in _needles())
+        r = http.post("/v1/consents/lookup", json={"phone": ["+447911123456"]})
+        assert r.status_code == 422 and "7911123456" not in r.text
+    verify = server.cli("ledger", "verify")
+    server.process.terminate()
+    server.process.wait(timeout=10)
+
+    data_dir = Path(server.env["CONSENTGATE_DATA_DIR"])
+    paths = _files(data_dir) + [server.log]
+    if backend == "pg":
+        cluster = request.getfixturevalue("pg_cluster")
+        db = server.env["CONSENTGATE_DATABASE_URL"].rsplit("/", 1)[1]
+        with psycopg.connect(cluster.admin_dsn(), autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+            oid = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (db,)).fetchone()
+        assert oid is not None
+        paths += _files(cluster.datadir / "base" / str(oid[0])) + _files(cluster.datadir / "pg_wal")
+        paths.append(cluster.base / "server.log")
+    else:
+        assert any(p.name.endswith(".db") for p in paths)
+    assert len(paths) > 3
+    leaks = _scan(paths)
+    cli_output = (verify.stdout + verify.stderr).lower().encode()
+    leaks += [f"cli output: {n.decode()}" for n in _needles() if n in cli_output]
+    assert leaks == []
+    assert httpx.__name__  # the client library was used over real sockets above
