@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
-from pathlib import Path
+from functools import partial
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -89,7 +89,9 @@ def serve(
 
     from consentgate.api.app import create_app
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     with _app() as app:
         if demo:
             _demo_tenant(app)
@@ -184,9 +186,7 @@ def ledger_verify(
         for name in names:
             try:
                 with read_tx(app.engine) as conn:
-                    report = _with_progress(
-                        name, lambda p, n=name: verify_tenant(conn, n, app.ledger, p)
-                    )
+                    report = _with_progress(name, partial(verify_tenant, conn, name, app.ledger))
             except LedgerTampered as exc:
                 where = f"first bad seq: {exc.seq}" if exc.seq is not None else "not leaf-specific"
                 typer.echo(f"TAMPERED tenant={name} {where}: {exc.detail}", err=True)

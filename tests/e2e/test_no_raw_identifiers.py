@@ -108,7 +108,7 @@ def test_no_raw_identifier_reaches_disk_or_logs(
     server.process.wait(timeout=10)
 
     data_dir = Path(server.env["CONSENTGATE_DATA_DIR"])
-    paths = _files(data_dir) + [server.log]
+    paths = [*_files(data_dir), server.log]
     if backend == "pg":
         cluster = request.getfixturevalue("pg_cluster")
         db = server.env["CONSENTGATE_DATABASE_URL"].rsplit("/", 1)[1]

@@ -46,11 +46,10 @@ def _verify(core: App) -> VerifyReport:
 
 def _tamper(core: App, *statements: str) -> None:
     """Run SQL as an attacker would: with the append-only triggers out of the way."""
-    with core.engine.connect() as conn:
-        with conn.begin():
-            _drop_triggers(conn)
-            for sql in statements:
-                conn.execute(text(sql))
+    with core.engine.connect() as conn, conn.begin():
+        _drop_triggers(conn)
+        for sql in statements:
+            conn.execute(text(sql))
 
 
 def _drop_triggers(conn: Connection) -> None:
@@ -194,7 +193,10 @@ def test_forged_checkpoint_signature_is_found(ledger: App) -> None:
     ids=["update", "delete", "delete-checkpoints"],
 )
 def test_triggers_refuse_changes(ledger: App, mutate: Callable[[Connection], Any]) -> None:
-    with pytest.raises(Exception, match="append-only"):
-        with ledger.engine.connect() as conn, conn.begin():
-            mutate(conn)
+    with (
+        pytest.raises(Exception, match="append-only"),
+        ledger.engine.connect() as conn,
+        conn.begin(),
+    ):
+        mutate(conn)
     assert _verify(ledger).tree_size == 20

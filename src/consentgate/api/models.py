@@ -15,7 +15,9 @@ class _Strict(BaseModel):
 
 
 class ConsentEventIn(_Strict):
-    consent_id: str = Field(min_length=1, max_length=200, description="The CMP's id; idempotency key")
+    consent_id: str = Field(
+        min_length=1, max_length=200, description="The CMP's id; idempotency key"
+    )
     phone: str | None = Field(None, description="Raw phone number; hashed at once, never stored")
     email: str | None = Field(None, description="Raw e-mail address; hashed at once, never stored")
     hashed_id: str | None = Field(None, description="A hashed id this service returned earlier")

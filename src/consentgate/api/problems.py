@@ -25,7 +25,7 @@ log = logging.getLogger("consentgate.api")
 PROBLEM_JSON = "application/problem+json"
 
 DESCRIPTIONS: dict[str, str] = {
-    "invalid-input": "The request is well-formed JSON but a field is invalid; see `field`/`errors`.",
+    "invalid-input": "Well-formed JSON, but a field is invalid; see `field` and `errors`.",
     "malformed-request": "The body is not valid JSON (or not UTF-8), or has the wrong shape.",
     "not-found": "No such resource for this tenant.",
     "conflict": "The request contradicts what is recorded (e.g. a consent_id reused).",
@@ -142,7 +142,11 @@ def install(app: FastAPI) -> None:
         # The exception type only: messages and tracebacks could carry request data.
         log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
         return problem(
-            500, "internal", "Internal error", "an unexpected error occurred", instance=request.url.path
+            500,
+            "internal",
+            "Internal error",
+            "an unexpected error occurred",
+            instance=request.url.path,
         )
 
     @app.get("/problems/{code}", include_in_schema=False)

@@ -98,7 +98,9 @@ class IngestService:
         self._skew = future_skew
 
     # -- validation (no I/O but the key store) -----------------------------------------------
-    def _check(self, tenant: str, region: str | None, i: int, ev: EventInput, prefix: str) -> _Checked:
+    def _check(
+        self, tenant: str, region: str | None, i: int, ev: EventInput, prefix: str
+    ) -> _Checked:
         def f(name: str) -> str:
             return f"{prefix}{name}"
 
@@ -153,8 +155,9 @@ class IngestService:
             catalogue = self._tenants.purposes(conn, tenant)
             for c in checked:
                 if c.source.consent_type not in catalogue:
+                    known = ", ".join(sorted(catalogue))
                     raise InvalidInput(
-                        f"unknown consent_type; this tenant's purposes: {', '.join(sorted(catalogue))}",
+                        f"unknown consent_type; this tenant's purposes: {known}",
                         field=prefix.format(c.index) + "consent_type",
                     )
             self._resolve_subjects(conn, tenant, checked, prefix, now_us)
@@ -228,7 +231,9 @@ class IngestService:
             for c in checked:
                 if c.index not in results:  # a duplicate inside the batch
                     r = first_result[c.source.consent_id]
-                    results[c.index] = IngestResult(r.event_id, r.seq, c.hashed_id, r.leaf_hash, False)
+                    results[c.index] = IngestResult(
+                        r.event_id, r.seq, c.hashed_id, r.leaf_hash, False
+                    )
         return [results[i] for i in range(len(checked))]
 
     def _resolve_subjects(
@@ -254,7 +259,9 @@ class IngestService:
                 )
             c.subject_ref = known[c.hashed_id]
 
-    def _existing(self, conn: Connection, tenant: str, consent_ids: list[str]) -> dict[str, dict[str, Any]]:
+    def _existing(
+        self, conn: Connection, tenant: str, consent_ids: list[str]
+    ) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
         unique = sorted(set(consent_ids))
         for start in range(0, len(unique), 500):
@@ -321,7 +328,9 @@ def upsert_state(
 ) -> None:
     rows = []
     for (subject_ref, purpose), entry in entries.items():
-        expiry = rules.expires_at(entry, catalogue[purpose].max_age if purpose in catalogue else None)
+        expiry = rules.expires_at(
+            entry, catalogue[purpose].max_age if purpose in catalogue else None
+        )
         rows.append(
             {
                 "tenant_id": tenant,
@@ -341,7 +350,14 @@ def upsert_state(
         index_elements=["tenant_id", "subject_ref", "consent_type"],
         set_={
             name: stmt.excluded[name]
-            for name in ("status", "effective_us", "event_seq", "consent_id", "expires_us", "updated_us")
+            for name in (
+                "status",
+                "effective_us",
+                "event_seq",
+                "consent_id",
+                "expires_us",
+                "updated_us",
+            )
         },
     )
     conn.execute(stmt, rows)

@@ -93,4 +93,6 @@ class ConsentQueries:
                 .where(ledger_entries.c.tenant_id == tenant, ledger_entries.c.subject_ref == ref)
                 .order_by(ledger_entries.c.seq)
             )
-            return [{**parse_leaf(bytes(r.leaf)), "leaf_hash": b64(bytes(r.leaf_hash))} for r in rows]
+            return [
+                {**parse_leaf(bytes(r.leaf)), "leaf_hash": b64(bytes(r.leaf_hash))} for r in rows
+            ]

@@ -107,7 +107,10 @@ def verify_note(note: str, verifier_keys: list[str]) -> Checkpoint:
     keys = [parse_verifier_key(k) for k in verifier_keys]
     for name, blob in sigs:
         for key_name, public in keys:
-            if key_name == name and blob[:4] == key_hash(name, public):
-                if signing.verify(public, blob[4:], body):
-                    return parse_checkpoint_body(body)
+            if (
+                key_name == name
+                and blob[:4] == key_hash(name, public)
+                and signing.verify(public, blob[4:], body)
+            ):
+                return parse_checkpoint_body(body)
     raise NoteError("no valid signature by a known key")

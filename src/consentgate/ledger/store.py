@@ -175,7 +175,9 @@ class LedgerStore:
     def verifier_keys(self, tenant: str) -> list[str]:
         """Verifier keys, current first, then retired ones (old checkpoints name them)."""
         keys = self._keys.signing_keys(tenant)
-        ordered = sorted(keys, key=lambda k: (k.retired_at is not None, k.created_at), reverse=False)
+        ordered = sorted(
+            keys, key=lambda k: (k.retired_at is not None, k.created_at), reverse=False
+        )
         return [verifier_key(self.origin(tenant), k.public_key) for k in ordered]
 
     def entry(self, conn: Connection, tenant: str, seq: int) -> tuple[bytes, bytes]:
@@ -188,7 +190,9 @@ class LedgerStore:
             raise NotFound(f"no ledger entry {seq}")
         return bytes(row.leaf), bytes(row.leaf_hash)
 
-    def _fetch(self, conn: Connection, tenant: str, coords: set[merkle.Coord]) -> dict[merkle.Coord, bytes]:
+    def _fetch(
+        self, conn: Connection, tenant: str, coords: set[merkle.Coord]
+    ) -> dict[merkle.Coord, bytes]:
         found: dict[merkle.Coord, bytes] = {}
         leaves = sorted(idx for level, idx in coords if level == 0)
         inner = sorted((level, idx) for level, idx in coords if level > 0)

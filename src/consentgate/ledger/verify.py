@@ -94,7 +94,9 @@ class _NodeChecker:
 def verify_tenant(
     conn: Connection, tenant: str, store: LedgerStore, progress: Progress | None = None
 ) -> VerifyReport:
-    head = conn.execute(select(ledger_heads).where(ledger_heads.c.tenant_id == tenant)).one_or_none()
+    head = conn.execute(
+        select(ledger_heads).where(ledger_heads.c.tenant_id == tenant)
+    ).one_or_none()
     if head is None:
         raise InvalidInput(f"no ledger for tenant {tenant!r}", field="tenant")
     size = int(head.tree_size)
@@ -201,9 +203,7 @@ def verify_tenant(
             f"{stored_nodes} Merkle nodes are stored but the leaves make {nodes.checked}", seq=None
         )
     state_rows = _check_state(conn, tenant, state, max_age)
-    return VerifyReport(
-        tenant, size, b64(frontier.root()), len(cps), nodes.checked, state_rows
-    )
+    return VerifyReport(tenant, size, b64(frontier.root()), len(cps), nodes.checked, state_rows)
 
 
 def _check_columns(row: Any, leaf: bytes, tenant: str, seq: int) -> None:

@@ -158,7 +158,9 @@ class TenantService:
 
     def exists(self, name: str) -> bool:
         with read_tx(self._engine) as conn:
-            return conn.execute(select(tenants.c.id).where(tenants.c.id == name)).first() is not None
+            return (
+                conn.execute(select(tenants.c.id).where(tenants.c.id == name)).first() is not None
+            )
 
     def any_tenant(self) -> bool:
         with read_tx(self._engine) as conn:
@@ -199,7 +201,9 @@ class TenantService:
         seconds = None if max_age is None else int(max_age.total_seconds())
         with write_tx(self._engine) as conn:
             exists = conn.execute(
-                select(purposes.c.name).where(purposes.c.tenant_id == tenant, purposes.c.name == name)
+                select(purposes.c.name).where(
+                    purposes.c.tenant_id == tenant, purposes.c.name == name
+                )
             ).first()
             values = {"max_age_seconds": seconds, "description": description}
             if exists:
