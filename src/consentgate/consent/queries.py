@@ -79,10 +79,11 @@ class ConsentQueries:
     def by_identifier(self, tenant: str, identifier: Identifier) -> SubjectConsents:
         hashed = self._links.hash_identifier(tenant, identifier)
         with read_tx(self._engine) as conn:
-            ref = self._links.find(conn, tenant, hashed)
-            if ref is None:
+            found = self._links.find(conn, tenant, hashed)
+            if found is None:
                 raise NotFound("no consent has been recorded for this identifier")
-            return SubjectConsents(hashed.current, self._state(conn, tenant, ref))
+            ref, hashed_id = found
+            return SubjectConsents(hashed_id, self._state(conn, tenant, ref))
 
     def history(self, tenant: str, hashed_id: str) -> list[dict[str, Any]]:
         check_hashed_id(hashed_id)

@@ -112,9 +112,16 @@ class SubjectLinks:
             raise NotFound("no subject with this hashed_id")
         return ref
 
-    def find(self, conn: Connection, tenant: str, identity: HashedIdentifier) -> str | None:
+    def find(
+        self, conn: Connection, tenant: str, identity: HashedIdentifier
+    ) -> tuple[str, str] | None:
+        """(subject_ref, newest linked hashed_id) — the hash a caller can use in URLs — or
+        None when the identifier was never recorded. Reads never create links."""
         links = self._links(conn, tenant, identity.by_version.values())
         refs = set(links.values())
         if len(refs) > 1:
             raise Conflict("this identifier is linked to more than one subject")
-        return refs.pop() if refs else None
+        if not refs:
+            return None
+        newest = max(v for v, h in identity.by_version.items() if h in links)
+        return refs.pop(), identity.by_version[newest]
