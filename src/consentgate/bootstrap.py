@@ -7,9 +7,13 @@ from datetime import timedelta
 
 from sqlalchemy import Engine
 
+from consentgate.cmp import generic
 from consentgate.config import Settings, load_settings
+from consentgate.consent.cmp_settings import CmpSettings
+from consentgate.consent.cmp_webhooks import CmpWebhookService
 from consentgate.consent.ingest import IngestService
 from consentgate.consent.queries import ConsentQueries
+from consentgate.consent.receipts import ReceiptService
 from consentgate.consent.subjects import SubjectLinks
 from consentgate.crypto.keystore import KeyStore, LocalKeyStore
 from consentgate.domain.clock import Clock, SystemClock
@@ -29,6 +33,9 @@ class App:
     links: SubjectLinks
     ingest: IngestService
     queries: ConsentQueries
+    cmp_settings: CmpSettings
+    cmp_webhooks: CmpWebhookService
+    receipts: ReceiptService
 
     def close(self) -> None:
         self.engine.dispose()
@@ -50,6 +57,17 @@ def build(
     ledger = LedgerStore(keystore, settings.consent.log_origin_prefix)
     tenants = TenantService(engine, keystore, ledger, clock)
     links = SubjectLinks(keystore)
+    cmp_settings = CmpSettings(engine, tenants, clock)
+    ingest = IngestService(
+        engine,
+        tenants,
+        links,
+        ledger,
+        clock,
+        timedelta(seconds=settings.consent.future_skew_seconds),
+        receipt_policy=cmp_settings.receipt_policy,
+    )
+    adapters = {"generic": lambda _tenant, payload: generic.to_events(payload)}
     return App(
         settings=settings,
         engine=engine,
@@ -58,13 +76,11 @@ def build(
         ledger=ledger,
         tenants=tenants,
         links=links,
-        ingest=IngestService(
-            engine,
-            tenants,
-            links,
-            ledger,
-            clock,
-            timedelta(seconds=settings.consent.future_skew_seconds),
-        ),
+        ingest=ingest,
         queries=ConsentQueries(engine, tenants, links, clock),
+        cmp_settings=cmp_settings,
+        cmp_webhooks=CmpWebhookService(engine, tenants, keystore, ingest, clock, adapters),
+        receipts=ReceiptService(
+            engine, tenants, links, ledger, keystore, clock, settings.consent.public_url
+        ),
     )

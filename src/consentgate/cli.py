@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from functools import partial
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -26,9 +27,11 @@ cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 tenant_cli = typer.Typer(no_args_is_help=True, help="Tenants and their API keys.")
 keys_cli = typer.Typer(no_args_is_help=True, help="Salts and signing keys.")
 ledger_cli = typer.Typer(no_args_is_help=True, help="The consent ledger.")
+receipt_cli = typer.Typer(no_args_is_help=True, help="Consent receipts, checked offline.")
 cli.add_typer(tenant_cli, name="tenant")
 cli.add_typer(keys_cli, name="keys")
 cli.add_typer(ledger_cli, name="ledger")
+cli.add_typer(receipt_cli, name="receipt")
 
 T = TypeVar("T")
 
@@ -194,6 +197,47 @@ def ledger_verify(
                 raise typer.Exit(1) from None
             reports.append(report.as_dict())
         _emit(reports)
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        typer.echo(f"INVALID: cannot read {what} {path}: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@receipt_cli.command("verify")
+def receipt_verify(
+    file: Annotated[Path, typer.Argument(help="The receipt bundle (JSON from the API)")],
+    jwks: Annotated[Path, typer.Option(help="The tenant's JWKS (jwks.json)")],
+    key: Annotated[Path, typer.Option(help="The ledger verifier key (GET /v1/ledger/key)")],
+) -> None:
+    """Check a receipt offline: JWS signature, claims vs leaf, inclusion proof, checkpoint.
+    No database, no network. Exit 0 when everything holds, 1 with the reason otherwise."""
+    from consentgate.consent.receipt_check import ReceiptInvalid, check_bundle
+
+    bundle = _read_json(file, "receipt bundle")
+    key_set = _read_json(jwks, "JWKS")
+    try:
+        verifier = key.read_text().strip().splitlines()[0]
+    except (OSError, IndexError, UnicodeDecodeError) as exc:
+        typer.echo(f"INVALID: cannot read verifier key {key}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        claims = check_bundle(bundle, key_set if isinstance(key_set, dict) else {}, verifier)
+    except ReceiptInvalid as exc:
+        typer.echo(f"INVALID: {exc}", err=True)
+        raise typer.Exit(1) from None
+    _emit(
+        {
+            "ok": True,
+            "sub": claims.get("sub"),
+            "consent_type": claims.get("consent_type"),
+            "status": claims.get("status"),
+            "ledger_seq": claims.get("ledger_seq"),
+        }
+    )
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ class ConsentSettings:
     future_skew_seconds: int = 300
     max_batch: int = 1000
     log_origin_prefix: str = "consentgate.local/ledger"
+    public_url: str = "http://127.0.0.1:8080"
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         consent=ConsentSettings(
             future_skew_seconds=_int(env, "CONSENTGATE_FUTURE_SKEW_SECONDS", 300),
             log_origin_prefix=env.get("CONSENTGATE_LOG_ORIGIN_PREFIX", "consentgate.local/ledger"),
+            public_url=env.get("CONSENTGATE_PUBLIC_URL", "http://127.0.0.1:8080").rstrip("/"),
         ),
         server=ServerSettings(
             host=env.get("CONSENTGATE_HOST", "127.0.0.1"),

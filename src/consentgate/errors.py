@@ -10,6 +10,7 @@ turns them into exit codes::
     ├── Conflict              the request contradicts what is recorded (e.g. consent_id reuse)
     ├── Unauthenticated       no or unknown credentials
     ├── Forbidden             credentials lack the scope
+    │   └── ConsentRefused    no consent in force for what was asked (carries a reason code)
     ├── StoreUnavailable      the store cannot be reached: callers fail closed
     ├── KeyStoreError         the key store is unusable (wrong master key, missing key)
     └── LedgerTampered        verification found a change made behind the service's back
@@ -25,10 +26,13 @@ class ConsentGateError(Exception):
     status = 500
     title = "Internal error"
 
-    def __init__(self, detail: str, *, field: str | None = None) -> None:
+    def __init__(
+        self, detail: str, *, field: str | None = None, extra: dict[str, object] | None = None
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.field = field
+        self.extra = extra or {}
 
 
 class InvalidInput(ConsentGateError):
@@ -59,6 +63,15 @@ class Forbidden(ConsentGateError):
     code = "forbidden"
     status = 403
     title = "Forbidden"
+
+
+class ConsentRefused(Forbidden):
+    code = "consent-refused"
+    title = "No consent in force"
+
+    def __init__(self, detail: str, *, reason: str) -> None:
+        super().__init__(detail, extra={"reason": reason})
+        self.reason = reason
 
 
 class StoreUnavailable(ConsentGateError):

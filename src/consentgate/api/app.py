@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from consentgate import __version__
 from consentgate.api import problems
 from consentgate.api.limits import BodyLimit
-from consentgate.api.routers import consent, health, ledger
+from consentgate.api.routers import cmp, consent, health, ledger, receipts
 from consentgate.bootstrap import App
 
 
@@ -25,5 +25,7 @@ def create_app(core: App) -> FastAPI:
     app.include_router(health.router)
     app.include_router(consent.router)
     app.include_router(ledger.router)
+    app.include_router(receipts.router)
+    app.include_router(cmp.router)
     app.add_middleware(BodyLimit, max_bytes=core.settings.server.max_body_bytes)
     return app

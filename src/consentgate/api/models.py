@@ -14,6 +14,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_max_length=1000)
 
 
+class DeviceIn(_Strict):
+    """Capabilities detected at consent time, recorded with the consent (no identifiers)."""
+
+    rcs: bool
+    native_e2ee: bool = False
+    app_key_kid: str | None = Field(None, max_length=200)
+
+
 class ConsentEventIn(_Strict):
     consent_id: str = Field(
         min_length=1, max_length=200, description="The CMP's id; idempotency key"
@@ -28,7 +36,10 @@ class ConsentEventIn(_Strict):
     source: SourceName = "api"
     policy_version: str | None = Field(None, max_length=100)
     jurisdiction: str | None = Field(None, max_length=16)
-    device: dict[str, Any] | None = Field(None, description="Capabilities seen at consent time")
+    device: DeviceIn | None = Field(None, description="Capabilities seen at consent time")
+    receipt: str | None = Field(
+        None, max_length=16384, description="The CMP's signed receipt (compact JWS)"
+    )
 
 
 class ConsentBatchIn(_Strict):
@@ -92,3 +103,34 @@ class PurposeOut(BaseModel):
     name: str
     max_age_days: int | None
     description: str
+
+
+class CmpKeysIn(_Strict):
+    jwks: dict[str, Any] = Field(description="The CMP's public JWK set")
+    require_signed_receipts: bool = False
+
+
+class ConsentTokenIn(_Strict):
+    phone: str | None = None
+    email: str | None = None
+    hashed_id: str | None = None
+    consent_type: str = Field(min_length=1, max_length=64)
+    ttl_seconds: int = Field(300, ge=1, le=900)
+
+
+class ReceiptProofOut(BaseModel):
+    seq: int
+    tree_size: int
+    hashes: list[str]
+
+
+class ReceiptOut(BaseModel):
+    receipt: str = Field(description="Compact JWS (EdDSA), kid in the header")
+    leaf: str = Field(description="The leaf's canonical JSON (RFC 8785), exactly as hashed")
+    inclusion_proof: ReceiptProofOut
+    checkpoint: str = Field(description="The signed checkpoint the proof is against")
+
+
+class ConsentTokenOut(BaseModel):
+    token: str
+    expires_at: int

@@ -31,6 +31,7 @@ DESCRIPTIONS: dict[str, str] = {
     "conflict": "The request contradicts what is recorded (e.g. a consent_id reused).",
     "unauthenticated": "No API key, or an unknown or revoked one: send Authorization: Bearer.",
     "forbidden": "The API key lacks the scope this operation needs.",
+    "consent-refused": "No consent is in force for this subject and purpose; see `reason`.",
     "store-unavailable": "The consent store cannot be reached; nothing was changed. Retry.",
     "payload-too-large": "The request body exceeds the configured limit.",
     "method-not-allowed": "The path exists but not with this method.",
@@ -100,7 +101,7 @@ def validation_problem(errors: Sequence[Any], instance: str) -> JSONResponse:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ConsentGateError)
     async def _domain(request: Request, exc: ConsentGateError) -> JSONResponse:
-        extra = {"field": exc.field} if exc.field else None
+        extra = {**({"field": exc.field} if exc.field else {}), **exc.extra}
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         if exc.status >= 500:
             log.error("request failed: %s (%s)", exc.code, type(exc).__name__)

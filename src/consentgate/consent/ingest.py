@@ -8,7 +8,9 @@ another writer of the same tenant.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -16,7 +18,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
+from consentgate.consent.cmp_settings import ReceiptPolicy
 from consentgate.consent.subjects import HashedIdentifier, SubjectLinks, check_hashed_id
+from consentgate.crypto.jws import JwsError, verify_with_jwks
 from consentgate.domain import consent as rules
 from consentgate.domain.clock import Clock
 from consentgate.domain.consent import ConsentStatus, Purpose, Source, StateEntry
@@ -46,6 +50,9 @@ class EventInput:
     policy_version: str | None = None
     jurisdiction: str | None = None
     device: dict[str, Any] | None = None
+    receipt: str | None = field(default=None, repr=False)
+    # What a CMP adapter decoded this event from (e.g. the TC string), kept as evidence.
+    evidence: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +85,7 @@ class _Checked:
     source_kind: Source
     subject_ref: str = ""
     hashed_id: str = ""
+    cmp_receipt: dict[str, Any] | None = None
 
 
 class IngestService:
@@ -89,7 +97,9 @@ class IngestService:
         ledger: LedgerStore,
         clock: Clock,
         future_skew: timedelta = timedelta(minutes=5),
+        receipt_policy: Callable[[str], ReceiptPolicy] | None = None,
     ) -> None:
+        self._receipt_policy = receipt_policy or (lambda _tenant: ReceiptPolicy())
         self._engine = engine
         self._tenants = tenants
         self._links = links
@@ -141,13 +151,60 @@ class IngestService:
         )
 
     # -- the transaction ---------------------------------------------------------------------
+    def _check_receipts(self, tenant: str, checked: list[_Checked], prefix: str) -> None:
+        """Verify CMP-signed receipts; the leaf records the outcome and the CMP's key id
+        (and the receipt's hash, not the receipt: its payload may name the person)."""
+        if not any(c.source.receipt is not None for c in checked):
+            policy = self._receipt_policy(tenant)
+            if policy.required:
+                raise InvalidInput(
+                    "this tenant requires a CMP-signed receipt on every event",
+                    field=prefix.format(checked[0].index) + "receipt",
+                )
+            return
+        policy = self._receipt_policy(tenant)
+        for c in checked:
+            where = prefix.format(c.index) + "receipt"
+            token = c.source.receipt
+            if token is None:
+                if policy.required:
+                    raise InvalidInput("a CMP-signed receipt is required", field=where)
+                continue
+            verified, kid, problem = False, None, "no CMP keys are registered (PUT /v1/cmp/keys)"
+            if policy.jwks is not None:
+                try:
+                    result = verify_with_jwks(token, policy.jwks)
+                    kid = result.header.get("kid")
+                    if result.claims.get("consent_id") == c.source.consent_id:
+                        verified, problem = True, ""
+                    else:
+                        problem = "the receipt names another consent_id"
+                except JwsError as exc:
+                    problem = str(exc)
+            if policy.required and not verified:
+                raise InvalidInput(problem, field=where)
+            c.cmp_receipt = {
+                "verified": verified,
+                "kid": kid,
+                "sha256": hashlib.sha256(token.encode()).hexdigest(),
+            }
+
     def ingest(
-        self, tenant: str, region: str | None, events: list[EventInput], *, batch: bool
+        self,
+        tenant: str,
+        region: str | None,
+        events: list[EventInput],
+        *,
+        batch: bool,
+        within: Callable[[Connection, list[IngestResult]], None] | None = None,
     ) -> list[IngestResult]:
+        """Record ``events``; ``within`` runs in the same transaction once results are known
+        (e.g. to remember a webhook delivery atomically with what it recorded)."""
         prefix = "events[{}]." if batch else ""
         checked = [
             self._check(tenant, region, i, ev, prefix.format(i)) for i, ev in enumerate(events)
         ]
+        self._check_receipts(tenant, checked, prefix)
         now = self._clock.now()
         now_us = to_micros(now)
         with write_tx(self._engine) as conn:
@@ -182,6 +239,8 @@ class IngestService:
                     policy_version=c.source.policy_version,
                     jurisdiction=c.source.jurisdiction,
                     device=c.source.device,
+                    cmp_receipt=c.cmp_receipt,
+                    evidence=c.source.evidence,
                 )
                 fingerprint = content_fingerprint(leaf.document())
                 prior = existing.get(c.source.consent_id)
@@ -234,7 +293,10 @@ class IngestService:
                     results[c.index] = IngestResult(
                         r.event_id, r.seq, c.hashed_id, r.leaf_hash, False
                     )
-        return [results[i] for i in range(len(checked))]
+            ordered = [results[i] for i in range(len(checked))]
+            if within is not None:
+                within(conn, ordered)
+        return ordered
 
     def _resolve_subjects(
         self, conn: Connection, tenant: str, checked: list[_Checked], prefix: str, now_us: int

@@ -39,6 +39,8 @@ class LeafEvent:
     policy_version: str | None = None
     jurisdiction: str | None = None
     device: dict[str, Any] | None = None
+    cmp_receipt: dict[str, Any] | None = None
+    evidence: dict[str, Any] | None = None
 
     def document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -54,7 +56,14 @@ class LeafEvent:
             "consent_id": self.consent_id,
             "source": self.source,
         }
-        for name in ("cmp_version", "policy_version", "jurisdiction", "device"):
+        for name in (
+            "cmp_version",
+            "policy_version",
+            "jurisdiction",
+            "device",
+            "cmp_receipt",
+            "evidence",
+        ):
             value = getattr(self, name)
             if value is not None:
                 doc[name] = value

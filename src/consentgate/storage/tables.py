@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     ForeignKey,
     Index,
@@ -128,3 +129,33 @@ consent_state = Table(
 )
 
 APPEND_ONLY_TABLES = ("ledger_entries", "ledger_nodes", "checkpoints")
+
+cmp_settings = Table(
+    "cmp_settings",
+    metadata,
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), primary_key=True),
+    Column("jwks", Text, nullable=True),
+    Column("require_signed_receipts", Boolean, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+)
+
+cmp_mappings = Table(
+    "cmp_mappings",
+    metadata,
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), primary_key=True),
+    Column("adapter", String(16), primary_key=True),
+    Column("mapping", Text, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+)
+
+# What a signed CMP webhook delivery answered, so a replayed webhook-id gets the same answer
+# and records nothing twice. Written in the same transaction as the events it recorded.
+webhook_receipts = Table(
+    "webhook_receipts",
+    metadata,
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), primary_key=True),
+    Column("webhook_id", String(200), primary_key=True),
+    Column("status_code", SmallInteger, nullable=False),
+    Column("response", Text, nullable=False),
+    Column("received_us", BigInteger, nullable=False),
+)

@@ -162,6 +162,11 @@ class TenantService:
                 conn.execute(select(tenants.c.id).where(tenants.c.id == name)).first() is not None
             )
 
+    def region(self, name: str) -> str | None:
+        with read_tx(self._engine) as conn:
+            region = conn.execute(select(tenants.c.region).where(tenants.c.id == name)).scalar()
+        return None if region is None else str(region)
+
     def any_tenant(self) -> bool:
         with read_tx(self._engine) as conn:
             return conn.execute(select(tenants.c.id).limit(1)).first() is not None

@@ -1,0 +1,1 @@
+"""CMP integrations: signed webhooks, adapters from CMP formats to consent events."""
