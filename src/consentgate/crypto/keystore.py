@@ -131,7 +131,9 @@ class LocalKeyStore:
         self._dir = key_dir
         self._aead = AESGCM(_load_master_key(key_dir, master_key))
         (key_dir / "tenants").mkdir(parents=True, exist_ok=True)
-        self._cache: dict[str, tuple[int, dict[str, Any], dict[tuple[str, str], bytes]]] = {}
+        self._cache: dict[
+            str, tuple[tuple[int, int, int], dict[str, Any], dict[tuple[str, str], bytes]]
+        ] = {}
         self._lock = threading.Lock()
 
     # -- files -------------------------------------------------------------------------------
@@ -158,15 +160,21 @@ class LocalKeyStore:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
 
-    def _entries(self, tenant: str) -> tuple[dict[str, Any], dict[tuple[str, str], bytes]]:
-        """The tenant's document and its unwrapped secrets, reloaded when the file changed."""
+    def _entries(
+        self, tenant: str, *, fresh: bool = False
+    ) -> tuple[dict[str, Any], dict[tuple[str, str], bytes]]:
+        """The tenant's document and its unwrapped secrets, reloaded when the file changed.
+
+        Every write replaces the file (a new inode), so (inode, size, mtime) changes even on
+        filesystems with coarse timestamps; ``fresh`` skips the cache altogether."""
         path = self._path(tenant)
         try:
-            mtime = path.stat().st_mtime_ns
+            st = path.stat()
         except FileNotFoundError:
             raise NotFound(f"no keys for tenant {tenant!r}") from None
+        version = (st.st_ino, st.st_size, st.st_mtime_ns)
         cached = self._cache.get(tenant)
-        if cached is not None and cached[0] == mtime:
+        if not fresh and cached is not None and cached[0] == version:
             return cached[1], cached[2]
         with self._lock:
             doc = json.loads(path.read_text())
@@ -174,7 +182,7 @@ class LocalKeyStore:
                 (e["kind"], e["id"]): self._unwrap(tenant, e["kind"], e["id"], e["wrapped"])
                 for e in doc["entries"]
             }
-            self._cache[tenant] = (mtime, doc, unwrapped)
+            self._cache[tenant] = (version, doc, unwrapped)
         return doc, unwrapped
 
     # -- wrapping ----------------------------------------------------------------------------
@@ -278,7 +286,8 @@ class LocalKeyStore:
 
     def rotate(self, tenant: str, kind: KeyKind) -> str:
         with self._exclusive(tenant):
-            doc, _ = self._entries(tenant)
+            # Re-read under the lock: another process may have rotated since we cached.
+            doc, _ = self._entries(tenant, fresh=True)
             doc = json.loads(json.dumps(doc))  # never mutate the cached copy
             ident, _ = self._new_entry(tenant, kind, doc)
             self._write(tenant, doc)

@@ -40,10 +40,10 @@ def parse_rfc3339(value: str, *, field: str = "timestamp") -> datetime:
 
 def format_rfc3339(instant: datetime) -> str:
     """Canonical rendering: UTC, ``Z``, microseconds only when non-zero."""
-    instant = instant.astimezone(UTC)
-    if instant.microsecond:
-        return instant.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return instant.strftime("%Y-%m-%dT%H:%M:%SZ")
+    t = instant.astimezone(UTC)
+    # Not strftime: glibc's %Y does not zero-pad years below 1000, which RFC 3339 requires.
+    text = f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
+    return f"{text}.{t.microsecond:06d}Z" if t.microsecond else f"{text}Z"
 
 
 def to_micros(instant: datetime) -> int:
