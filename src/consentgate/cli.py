@@ -211,7 +211,10 @@ def _read_json(path: Path, what: str) -> Any:
 def receipt_verify(
     file: Annotated[Path, typer.Argument(help="The receipt bundle (JSON from the API)")],
     jwks: Annotated[Path, typer.Option(help="The tenant's JWKS (jwks.json)")],
-    key: Annotated[Path, typer.Option(help="The ledger verifier key (GET /v1/ledger/key)")],
+    key: Annotated[
+        Path,
+        typer.Option(help="Ledger verifier key(s), one per line (GET /v1/ledger/key?all=true)"),
+    ],
 ) -> None:
     """Check a receipt offline: JWS signature, claims vs leaf, inclusion proof, checkpoint.
     No database, no network. Exit 0 when everything holds, 1 with the reason otherwise."""
@@ -220,12 +223,12 @@ def receipt_verify(
     bundle = _read_json(file, "receipt bundle")
     key_set = _read_json(jwks, "JWKS")
     try:
-        verifier = key.read_text().strip().splitlines()[0]
-    except (OSError, IndexError, UnicodeDecodeError) as exc:
+        verifiers = [line.strip() for line in key.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
         typer.echo(f"INVALID: cannot read verifier key {key}: {exc}", err=True)
         raise typer.Exit(2) from None
     try:
-        claims = check_bundle(bundle, key_set if isinstance(key_set, dict) else {}, verifier)
+        claims = check_bundle(bundle, key_set if isinstance(key_set, dict) else {}, verifiers)
     except ReceiptInvalid as exc:
         typer.echo(f"INVALID: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -3,17 +3,18 @@
 A bundle is what ``GET /v1/subjects/{hashed_id}/receipt`` returns. It holds when:
 the JWS verifies under a key of the tenant's JWKS (by ``kid``); its claims restate the leaf;
 the leaf's hash is included under the checkpoint's root at the checkpoint's size; and the
-checkpoint's signed note verifies under the ledger verifier key.
+checkpoint's signed note verifies under one of the ledger verifier keys (retired keys
+included, so receipts issued before a signing-key rotation keep verifying).
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 from typing import Any
 
 from consentgate.crypto.jws import JwsError, verify_eddsa
+from consentgate.encoding import b64decode_strict
 from consentgate.ledger import merkle
 from consentgate.ledger.checkpoint import NoteError, verify_note
 
@@ -37,7 +38,7 @@ _RESTATED = {
 }
 
 
-def check_bundle(bundle: Any, jwks: dict[str, Any], verifier_key: str) -> dict[str, Any]:
+def check_bundle(bundle: Any, jwks: dict[str, Any], verifier_keys: list[str]) -> dict[str, Any]:
     """Return the verified claims, or raise :class:`ReceiptInvalid` naming the failed check."""
     if not isinstance(bundle, dict):
         raise ReceiptInvalid("the bundle is not a JSON object")
@@ -45,7 +46,7 @@ def check_bundle(bundle: Any, jwks: dict[str, Any], verifier_key: str) -> dict[s
         token, leaf_text = bundle["receipt"], bundle["leaf"]
         proof, note = bundle["inclusion_proof"], bundle["checkpoint"]
         seq, size = int(proof["seq"]), int(proof["tree_size"])
-        hashes = [base64.b64decode(h, validate=True) for h in proof["hashes"]]
+        hashes = [b64decode_strict(h) for h in proof["hashes"]]
         leaf = leaf_text.encode("utf-8")
     except (KeyError, TypeError, ValueError, binascii.Error, AttributeError):
         raise ReceiptInvalid("the bundle is missing or has malformed fields") from None
@@ -68,7 +69,7 @@ def check_bundle(bundle: Any, jwks: dict[str, Any], verifier_key: str) -> dict[s
     if seq != doc.get("seq"):
         raise ReceiptInvalid("the proof is for another seq than the leaf's")
     try:
-        checkpoint = verify_note(note, [verifier_key])
+        checkpoint = verify_note(note, verifier_keys)
     except NoteError as exc:
         raise ReceiptInvalid(f"checkpoint: {exc}") from None
     if checkpoint.origin != claims.get("ledger_origin"):

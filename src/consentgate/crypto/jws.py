@@ -10,7 +10,6 @@ tenant registered. Errors say "could not verify", nothing more.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import warnings
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from joserfc.jwk import KeySet
 
 from consentgate.crypto import signing
 from consentgate.crypto.keystore import KeyStore
+from consentgate.encoding import b64url_decode_strict
 
 # Asymmetric algorithms only: a CMP receipt must be checkable by anyone holding the JWKS.
 CMP_ALGORITHMS = [
@@ -40,9 +40,9 @@ def _b64url(data: bytes) -> str:
 
 def _unb64url(text: str) -> bytes:
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        raise JwsError("not base64url") from None
+        return b64url_decode_strict(text)
+    except ValueError:
+        raise JwsError("not canonical base64url") from None
 
 
 def _json_segment(data: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ import hashlib
 from dataclasses import dataclass
 
 from consentgate.crypto import signing
+from consentgate.encoding import b64decode_strict
 
 _ED25519 = 0x01
 _DASH = "\u2014"
@@ -49,7 +50,7 @@ def parse_verifier_key(text: str) -> tuple[str, bytes]:
     """``name+hash+key`` → (name, raw Ed25519 public key), checking the embedded hash."""
     try:
         name, hash_hex, encoded = text.strip().split("+", 2)
-        raw = base64.b64decode(encoded, validate=True)
+        raw = b64decode_strict(encoded)
     except ValueError:
         raise NoteError("malformed verifier key") from None
     if len(raw) != 33 or raw[0] != _ED25519:
@@ -76,7 +77,7 @@ def parse_checkpoint_body(body: bytes) -> Checkpoint:
     if not size_text.isdigit() or (size_text.startswith("0") and size_text != "0"):
         raise NoteError("checkpoint tree size is not a canonical decimal")
     try:
-        root = base64.b64decode(root_text, validate=True)
+        root = b64decode_strict(root_text)
     except ValueError:
         raise NoteError("checkpoint root is not base64") from None
     if len(root) != 32:
@@ -95,7 +96,7 @@ def split_note(note: str) -> tuple[bytes, list[tuple[str, bytes]]]:
         if len(parts) != 3 or parts[0] != _DASH:
             raise NoteError("malformed signature line")
         try:
-            parsed.append((parts[1], base64.b64decode(parts[2], validate=True)))
+            parsed.append((parts[1], b64decode_strict(parts[2])))
         except ValueError:
             raise NoteError("signature is not base64") from None
     return (body + "\n").encode(), parsed
