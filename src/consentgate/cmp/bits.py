@@ -3,28 +3,30 @@
 IAB's TC strings and GPP sections are bit sequences written most-significant bit first and
 carried as base64url without padding. This module owns turning such text into bits, reading
 fixed-width integers, flags, bit fields, letters, deciseconds timestamps, Fibonacci-coded
-integers and 16-bit ID ranges out of them, and reporting every malformed or short input as a
-:class:`CmpStringError` that names what was being read and at which bit. The payload is
-decoded once into a single Python ``int``, so each read is a shift and a mask.
+integers and 16-bit ID ranges out of them, the :class:`IdSet` that holds decoded vendor and
+purpose ids, and reporting every malformed or short input as a :class:`CmpStringError` that
+names what was being read and at which bit. The payload is decoded once into a single Python
+``int``, so each read is a shift and a mask.
 """
 
 from __future__ import annotations
 
 import binascii
 import re
+from collections.abc import Iterable, Iterator, Set
 from datetime import UTC, datetime, timedelta
-from itertools import chain, compress
-from typing import NoReturn
+from itertools import compress, count
+from typing import NoReturn, TypeVar
 
-__all__ = ["MAX_EXPANDED_IDS", "BitReader", "CmpStringError"]
+__all__ = ["BitReader", "CmpStringError", "IdSet"]
 
-# A range entry costs 33 bits but can stand for 65,535 ids, so a few KB of crafted input could
-# otherwise ask for hundreds of millions of set insertions. Real strings stay far below this.
-MAX_EXPANDED_IDS = 1 << 20
+_T = TypeVar("_T")
 
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
-_TO_STANDARD_BASE64 = str.maketrans("-_", "+/")
+# bytes.translate is an order of magnitude faster than str.translate on short strings.
+_TO_STANDARD_BASE64 = bytes.maketrans(b"-_", b"+/")
 _ASCII_BITS = bytes.maketrans(b"01", b"\x00\x01")
+_REVERSED_BITS = bytes(int(f"{byte:08b}"[::-1], 2) for byte in range(256))
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Fibonacci code weights: bit i of a code word is worth F(i + 2) = 1, 2, 3, 5, 8, ...
 _FIBONACCI_BITS = 64
@@ -37,6 +39,87 @@ class CmpStringError(ValueError):
     """A TC or GPP string that cannot be decoded; the message says what was wrong and where."""
 
 
+class IdSet(Set[int]):
+    """An immutable set of non-negative ids, stored as an ``int`` whose bit *k* means id *k*.
+
+    Decoded strings carry hundreds of vendor ids per field; building a ``frozenset`` for each
+    would cost more than the rest of decoding, while a bit mask is built with a handful of
+    big-int operations and still answers ``id in ids`` in constant time. It behaves as a
+    read-only set: ``in``, ``len``, iteration in ascending order, ``==`` and ``hash`` agreeing
+    with ``frozenset``, and the set operators (which return frozensets).
+    """
+
+    __slots__ = ("_mask",)
+
+    def __init__(self, ids: Iterable[int] = ()) -> None:
+        mask = 0
+        for item in ids:
+            if item < 0:
+                raise ValueError(f"ids are non-negative, got {item}")
+            mask |= 1 << item
+        self._mask = mask
+
+    @classmethod
+    def from_mask(cls, mask: int) -> IdSet:
+        """The ids whose bits are set in ``mask`` (bit k for id k)."""
+        if mask < 0:
+            raise ValueError("an id mask is non-negative")
+        return _id_set(mask)
+
+    @classmethod
+    def from_spans(cls, spans: Iterable[tuple[int, int]]) -> IdSet:
+        """The ids of inclusive ``(start, end)`` spans, which may overlap or be unordered."""
+        mask = 0
+        for start, end in spans:
+            mask |= ((2 << (end - start)) - 1) << start
+        return _id_set(mask)
+
+    @classmethod
+    def _from_iterable(cls, it: Iterable[_T]) -> frozenset[_T]:
+        # Results of the set operators (&, |, -, ^) are plain frozensets: an operand may hold
+        # things that are not ids.
+        return frozenset(it)
+
+    def __contains__(self, item: object) -> bool:
+        return isinstance(item, int) and item >= 0 and (self._mask >> item) & 1 == 1
+
+    def __iter__(self) -> Iterator[int]:
+        # Lowest id first: reverse the binary digits, then keep the positions holding a '1'.
+        digits = format(self._mask, "b")[::-1].encode("ascii").translate(_ASCII_BITS)
+        return compress(count(), digits)
+
+    def __len__(self) -> int:
+        return self._mask.bit_count()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, IdSet):
+            return self._mask == other._mask
+        return super().__eq__(other)
+
+    def __hash__(self) -> int:
+        return self._hash()
+
+    def __repr__(self) -> str:
+        spans: list[list[int]] = []
+        for item in self:
+            if spans and spans[-1][1] == item - 1:
+                spans[-1][1] = item
+            else:
+                spans.append([item, item])
+        text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+        return f"IdSet({{{text}}})"
+
+
+def _id_set(mask: int) -> IdSet:
+    # The decoders' constructor: skips __init__, which takes ids, not a mask.
+    ids = object.__new__(IdSet)
+    ids._mask = mask
+    return ids
+
+
+_EMPTY = _id_set(0)
+
+
 class BitReader:
     """Sequential reader over the bits of one base64url-encoded segment.
 
@@ -44,7 +127,7 @@ class BitReader:
     (``"core segment"``); both only feed error messages.
     """
 
-    __slots__ = ("_id_budget", "_shift_base", "_value", "limit", "pos", "what", "where")
+    __slots__ = ("_shift_base", "_value", "limit", "pos", "what", "where")
 
     def __init__(self, text: str, what: str, where: str) -> None:
         self.what = what
@@ -59,12 +142,11 @@ class BitReader:
             )
         # Pad with 'A' (six zero bits) to whole 4-char groups so no payload bit is dropped by
         # the byte-oriented decoder; the reader stops at the real end, ``limit``.
-        padded = text.translate(_TO_STANDARD_BASE64) + "A" * (-len(text) % 4)
+        padded = text.encode("ascii").translate(_TO_STANDARD_BASE64) + b"A" * (-len(text) % 4)
         self._value = int.from_bytes(binascii.a2b_base64(padded), "big")
         self._shift_base = len(padded) * 6
         self.limit = len(text) * 6
         self.pos = 0
-        self._id_budget = MAX_EXPANDED_IDS
 
     @property
     def remaining(self) -> int:
@@ -93,15 +175,16 @@ class BitReader:
     def read_bool(self, field: str) -> bool:
         return self.read_int(1, field) == 1
 
-    def read_bitfield(self, n: int, field: str) -> frozenset[int]:
-        """Read ``n`` flags where bit *i* (from 0) says whether id *i + 1* is in the set."""
-        if n == 0:
-            return frozenset()
-        digits = format(self.read_int(n, field), "b")
-        # format() drops leading zeros: the first digit printed belongs to id n - len + 1.
-        first_id = n - len(digits) + 1
-        flags = digits.encode("ascii").translate(_ASCII_BITS)
-        return frozenset(compress(range(first_id, n + 1), flags))
+    def read_bitfield(self, n: int, field: str) -> IdSet:
+        """Read ``n`` flags where flag *i* (from 0) says whether id *i + 1* is in the set."""
+        flags = self.read_int(n, field) if n else 0
+        if not flags:
+            return _EMPTY
+        # The first flag read (id 1) is the most significant bit. Left-align the flags to whole
+        # bytes, mirror each byte and read them little-endian: the first flag lands on bit 0.
+        pad = -n % 8
+        data = (flags << pad).to_bytes((n + pad) // 8, "big").translate(_REVERSED_BITS)
+        return _id_set(int.from_bytes(data, "little") << 1)
 
     def read_letters(self, count: int, field: str) -> str:
         """Read ``count`` 6-bit letters where 0 is 'A' and 25 is 'Z'."""
@@ -118,31 +201,44 @@ class BitReader:
         """Read a 36-bit count of deciseconds since the Unix epoch as an aware UTC datetime."""
         return _EPOCH + timedelta(milliseconds=self.read_int(36, field) * 100)
 
+    def read_int_list(self, count: int, width: int, field: str) -> tuple[int, ...]:
+        """Read ``count`` consecutive ``width``-bit integers with one shift per value."""
+        if self.pos + count * width > self.limit:
+            for _ in range(count):  # one by one, so the error names the bit where input ends
+                self.read_int(width, field)
+        packed = self.read_int(count * width, field)
+        item = (1 << width) - 1
+        return tuple((packed >> shift) & item for shift in range((count - 1) * width, -1, -width))
+
     def read_fibonacci_int(self, field: str, max_bits: int = 48) -> int:
-        """Read a Fibonacci-coded positive integer: weights 1, 2, 3, 5, ... ended by "11"."""
-        start = self.pos
-        total = 0
-        previous = 0
-        for index in range(min(max_bits, _FIBONACCI_BITS - 1) + 1):
-            bit = self.read_int(1, field)
-            if bit and previous:
-                return total
-            if bit:
-                total += _FIBONACCI[index]
-            previous = bit
-        raise self.error(f"Fibonacci integer ({field}) has no end within {max_bits} bits", at=start)
+        """Read a Fibonacci-coded positive integer: weights 1, 2, 3, 5, ... ended by "11".
 
-    def read_id_ranges(self, field: str) -> list[tuple[int, int]]:
-        """Read a 12-bit entry count, then entries of IsARange(1) Start(16) [End(16)].
-
-        Returns inclusive ``(start, end)`` spans. Entries are peeked 17 or 33 bits at a time
-        rather than field by field, because range-encoded vendor lists are the hot path.
+        A Zeckendorf code never holds two adjacent 1s, so the first "11" ends the code word.
         """
-        count = self.read_int(12, field)
+        start = self.pos
+        width = min(max_bits + 1, _FIBONACCI_BITS, self.limit - start)
+        window = format(self.read_int(width, field), f"0{width}b") if width > 0 else ""
+        last = window.find("11")
+        if last < 0:
+            if width == self.limit - start:
+                self._truncated(1, field)  # pos is now at the end of the input
+            raise self.error(
+                f"Fibonacci integer ({field}) has no end within {width} bits", at=start
+            )
+        self.pos = start + last + 2
+        return sum(_FIBONACCI[i] for i, bit in enumerate(window[: last + 1]) if bit == "1")
+
+    def read_range_ids(self, field: str) -> IdSet:
+        """Read a 12-bit entry count, then entries of IsARange(1) StartId(16) [EndId(16)].
+
+        Entries are peeked 17 or 33 bits at a time rather than field by field, because
+        range-encoded vendor lists are the hot path of TC string decoding.
+        """
+        entries = self.read_int(12, field)
         value, base, limit = self._value, self._shift_base, self.limit
         pos = self.pos
-        spans = []
-        for _ in range(count):
+        mask = 0
+        for _ in range(entries):
             if pos + 17 > limit:
                 self.pos = pos
                 self._truncated(17, field)
@@ -157,33 +253,10 @@ class BitReader:
                     raise self.error(
                         f"range entry ends at {end} before it starts at {start} ({field})", at=pos
                     )
+                mask |= ((2 << (end - start)) - 1) << start
                 pos += 33
             else:
-                end = start
+                mask |= 1 << start
                 pos += 17
-            spans.append((start, end))
         self.pos = pos
-        return spans
-
-    def expand_ids(self, spans: list[tuple[int, int]], field: str) -> frozenset[int]:
-        """Turn inclusive spans into a set of ids, within this segment's expansion budget."""
-        ordered = all(spans[i][1] < spans[i + 1][0] for i in range(len(spans) - 1))
-        if not ordered:
-            spans = _merge(spans)
-        size = sum(end - start + 1 for start, end in spans)
-        if size > self._id_budget:
-            raise self.error(f"ranges expand to more than {MAX_EXPANDED_IDS} ids ({field})")
-        self._id_budget -= size
-        return frozenset(chain.from_iterable(range(start, end + 1) for start, end in spans))
-
-
-def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sort spans and fuse overlapping or touching ones, so each id is expanded once."""
-    merged: list[tuple[int, int]] = []
-    for start, end in sorted(spans):
-        if merged and start <= merged[-1][1] + 1:
-            if end > merged[-1][1]:
-                merged[-1] = (merged[-1][0], end)
-        else:
-            merged.append((start, end))
-    return merged
+        return _id_set(mask)

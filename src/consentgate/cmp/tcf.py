@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-from consentgate.cmp.bits import BitReader, CmpStringError
+from consentgate.cmp.bits import BitReader, CmpStringError, IdSet
 
 __all__ = ["PublisherRestriction", "PublisherTC", "TCString", "decode_tc_string"]
 
@@ -35,18 +35,18 @@ class PublisherRestriction(NamedTuple):
 
     purpose_id: int
     restriction_type: int
-    vendor_ids: frozenset[int]
+    vendor_ids: IdSet
 
 
 @dataclass(frozen=True, slots=True)
 class PublisherTC:
     """The publisher TC segment (segment type 3): the publisher's own purposes."""
 
-    purpose_consents: frozenset[int]
-    purpose_legitimate_interests: frozenset[int]
+    purpose_consents: IdSet
+    purpose_legitimate_interests: IdSet
     num_custom_purposes: int
-    custom_purpose_consents: frozenset[int]
-    custom_purpose_legitimate_interests: frozenset[int]
+    custom_purpose_consents: IdSet
+    custom_purpose_legitimate_interests: IdSet
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,16 +64,16 @@ class TCString:
     policy_version: int
     is_service_specific: bool
     use_non_standard_texts: bool
-    special_feature_opt_ins: frozenset[int]
-    purpose_consents: frozenset[int]
-    purpose_legitimate_interests: frozenset[int]
+    special_feature_opt_ins: IdSet
+    purpose_consents: IdSet
+    purpose_legitimate_interests: IdSet
     purpose_one_treatment: bool
     publisher_cc: str
-    vendor_consents: frozenset[int]
-    vendor_legitimate_interests: frozenset[int]
+    vendor_consents: IdSet
+    vendor_legitimate_interests: IdSet
     publisher_restrictions: tuple[PublisherRestriction, ...]
-    disclosed_vendors: frozenset[int] | None = None
-    allowed_vendors: frozenset[int] | None = None
+    disclosed_vendors: IdSet | None = None
+    allowed_vendors: IdSet | None = None
     publisher_tc: PublisherTC | None = None
 
 
@@ -119,14 +119,15 @@ def decode_tc_string(s: str) -> TCString:
 
 
 class _OptionalSegments(NamedTuple):
-    disclosed_vendors: frozenset[int] | None = None
-    allowed_vendors: frozenset[int] | None = None
-    publisher_tc: PublisherTC | None = None
+    disclosed_vendors: IdSet | None
+    allowed_vendors: IdSet | None
+    publisher_tc: PublisherTC | None
 
 
 def _read_optional_segments(texts: list[str]) -> _OptionalSegments:
     """Read the segments after the core one; each starts with a 3-bit segment type."""
-    found = _OptionalSegments()
+    disclosed = allowed = None
+    publisher = None
     seen: set[int] = set()
     for number, text in enumerate(texts, start=2):
         if not text:
@@ -144,21 +145,21 @@ def _read_optional_segments(texts: list[str]) -> _OptionalSegments:
         seen.add(segment_type)
         r.where = f"{name} (segment {number})"
         if segment_type == 1:
-            found = found._replace(disclosed_vendors=_read_vendor_section(r, "disclosed vendors"))
+            disclosed = _read_vendor_section(r, "disclosed vendors")
         elif segment_type == 2:
             # Allowed vendors belonged to the out-of-band mechanism that TCF v2.2 removed;
             # strings written before that may still carry it, so it is decoded, not refused.
-            found = found._replace(allowed_vendors=_read_vendor_section(r, "allowed vendors"))
+            allowed = _read_vendor_section(r, "allowed vendors")
         else:
-            found = found._replace(publisher_tc=_read_publisher_tc(r))
-    return found
+            publisher = _read_publisher_tc(r)
+    return _OptionalSegments(disclosed, allowed, publisher)
 
 
-def _read_vendor_section(r: BitReader, field: str) -> frozenset[int]:
+def _read_vendor_section(r: BitReader, field: str) -> IdSet:
     """MaxVendorId(16), IsRangeEncoding(1), then a MaxVendorId-bit field or range entries."""
     max_vendor_id = r.read_int(16, field)
     if r.read_bool(field):
-        return r.expand_ids(r.read_id_ranges(field), field)
+        return r.read_range_ids(field)
     return r.read_bitfield(max_vendor_id, field)
 
 
@@ -168,7 +169,7 @@ def _read_publisher_restrictions(r: BitReader) -> tuple[PublisherRestriction, ..
     for _ in range(r.read_int(12, field)):
         purpose_id = r.read_int(6, field)
         restriction_type = r.read_int(2, field)
-        vendor_ids = r.expand_ids(r.read_id_ranges(field), field)
+        vendor_ids = r.read_range_ids(field)
         restrictions.append(PublisherRestriction(purpose_id, restriction_type, vendor_ids))
     return tuple(restrictions)
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, select, tuple_, update
+from sqlalchemy import Connection, insert, select, text, update
 
 from consentgate.crypto.keystore import KeyStore
 from consentgate.errors import InvalidInput, NotFound
@@ -193,25 +193,39 @@ class LedgerStore:
     def _fetch(
         self, conn: Connection, tenant: str, coords: set[merkle.Coord]
     ) -> dict[merkle.Coord, bytes]:
+        """Every hash in ``coords`` in one round trip.
+
+        One branch per level (``level = ? AND idx IN (...)``, leaves from the leaf table) in
+        a UNION ALL: each branch is a primary-key search on both engines, where a row-value
+        IN list or an OR of branches makes SQLite scan the tenant's node range. The SQL is
+        plain text: a proof's shape varies, and building it as expressions cost more than
+        the queries themselves."""
+        by_level: dict[int, list[int]] = {}
+        for level, idx in coords:
+            by_level.setdefault(level, []).append(idx)
+        parts: list[str] = []
+        params: dict[str, Any] = {"t": tenant}
+        for level, idxs in sorted(by_level.items()):
+            names = []
+            for n, idx in enumerate(idxs):
+                params[f"i{level}_{n}"] = idx
+                names.append(f":i{level}_{n}")
+            # Only generated placeholder names are interpolated; every value is bound.
+            in_list = ", ".join(names)
+            if level == 0:
+                parts.append(
+                    "SELECT 0 AS level, seq AS idx, leaf_hash AS hash FROM ledger_entries "  # noqa: S608
+                    f"WHERE tenant_id = :t AND seq IN ({in_list})"
+                )
+            else:
+                params[f"l{level}"] = level
+                parts.append(
+                    "SELECT level, idx, hash FROM ledger_nodes WHERE tenant_id = :t "  # noqa: S608
+                    f"AND level = :l{level} AND idx IN ({in_list})"
+                )
         found: dict[merkle.Coord, bytes] = {}
-        leaves = sorted(idx for level, idx in coords if level == 0)
-        inner = sorted((level, idx) for level, idx in coords if level > 0)
-        if leaves:
-            for seq, value in conn.execute(
-                select(ledger_entries.c.seq, ledger_entries.c.leaf_hash).where(
-                    ledger_entries.c.tenant_id == tenant, ledger_entries.c.seq.in_(leaves)
-                )
-            ):
-                found[(0, int(seq))] = bytes(value)
-        if inner:
-            for level, idx, value in conn.execute(
-                select(ledger_nodes.c.level, ledger_nodes.c.idx, ledger_nodes.c.hash).where(
-                    and_(
-                        ledger_nodes.c.tenant_id == tenant,
-                        tuple_(ledger_nodes.c.level, ledger_nodes.c.idx).in_(inner),
-                    )
-                )
-            ):
+        if parts:
+            for level, idx, value in conn.execute(text(" UNION ALL ".join(parts)), params):
                 found[(int(level), int(idx))] = bytes(value)
         missing = coords - found.keys()
         if missing:
