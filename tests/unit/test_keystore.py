@@ -49,7 +49,7 @@ def key_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def store(key_dir: Path) -> LocalKeyStore:
-    return LocalKeyStore(key_dir)
+    return LocalKeyStore(key_dir, refresh_seconds=0)
 
 
 def test_generated_master_key_file_is_private(key_dir: Path, store: LocalKeyStore) -> None:
@@ -261,7 +261,7 @@ def test_another_instance_sees_a_rotation(key_dir: Path, store: LocalKeyStore) -
     """Two LocalKeyStores on one directory stand for two processes (API and CLI)."""
     store.create_tenant("acme")
     backdate(tenant_file(key_dir, "acme"))
-    other = LocalKeyStore(key_dir)
+    other = LocalKeyStore(key_dir, refresh_seconds=0)
     assert other.salt_versions("acme") == [1]
     old_kid = other.sign("acme", b"x").kid
     store.rotate("acme", KeyKind.SALT)
@@ -277,9 +277,9 @@ def test_another_instance_sees_a_rotation(key_dir: Path, store: LocalKeyStore) -
 
 
 def test_a_rotation_with_an_unchanged_mtime_is_still_seen(key_dir: Path) -> None:
-    first = LocalKeyStore(key_dir)
+    first = LocalKeyStore(key_dir, refresh_seconds=0)
     first.create_tenant("acme")
-    other = LocalKeyStore(key_dir)
+    other = LocalKeyStore(key_dir, refresh_seconds=0)
     assert other.salt_versions("acme") == [1]  # cached
     path = tenant_file(key_dir, "acme")
     cached_mtime = path.stat().st_mtime_ns
@@ -336,3 +336,18 @@ def test_a_tampered_wrapped_secret_is_refused(key_dir: Path, store: LocalKeyStor
     tenant_file(key_dir, "acme").write_text(json.dumps(doc))
     with pytest.raises(KeyStoreError):
         LocalKeyStore(key_dir).sign("acme", b"x")
+
+
+def test_another_process_rotation_is_seen_after_the_refresh_interval(
+    key_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("consentgate.crypto.keystore.time.monotonic", lambda: clock[0])
+    api = LocalKeyStore(key_dir, refresh_seconds=1.0)
+    api.create_tenant("acme")
+    assert api.salt_versions("acme") == [1]
+    LocalKeyStore(key_dir).rotate("acme", KeyKind.SALT)  # the CLI, another process
+    clock[0] += 0.5
+    assert api.salt_versions("acme") == [1]  # not looked yet: within the interval
+    clock[0] += 0.6
+    assert api.salt_versions("acme") == [1, 2]

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from consentgate.cmp.bits import BitReader, CmpStringError
 from consentgate.cmp.tcf import TCString, decode_tc_string
 
-__all__ = ["SECTION_NAMES", "GPPSection", "GPPString", "UsNatSection", "decode_gpp_string"]
+__all__ = [
+    "SECTION_NAMES",
+    "TCFEUV2_ID",
+    "USNAT_ID",
+    "GPPSection",
+    "GPPString",
+    "UsNatSection",
+    "decode_gpp_string",
+]
 
 # Client-side API prefixes from the GPP "Section Information" table.
 SECTION_NAMES = {
@@ -76,8 +84,13 @@ UsNatValue = int | bool | tuple[int, ...]
 
 @dataclass(frozen=True, slots=True)
 class UsNatSection:
-    """The usnat section. Values are the spec's 2-bit codes (0 not applicable, 1 and 2 as the
-    spec defines per field; 3 is kept as read). ``gpc`` is ``None`` without a GPC subsection.
+    """The usnat (MSPA US National) section.
+
+    Every value is the spec's 2-bit code as read: 0 not applicable, 1 and 2 as each field
+    defines, and the undefined 3 is passed through for the caller to refuse.
+    ``sensitive_data_processing`` has 12 entries in version 1 and 16 in version 2,
+    ``known_child_sensitive_data_consents`` 2 and 3. ``gpc`` is ``None`` when the string has
+    no GPC subsection. :attr:`fields` gives the same values under the spec's field names.
     """
 
     version: int

@@ -1,4 +1,4 @@
-"""Decoding of IAB TCF v2 Transparency and Consent strings (format version 2, policy 2 to 5).
+"""Decoding of IAB TCF v2 Transparency and Consent strings (TC string format version 2).
 
 This module owns the TC string layout of the IAB Tech Lab "Transparency and Consent String
 with Global Vendor & CMP List Formats" v2.2: the core segment with its bit-field or range
@@ -51,7 +51,13 @@ class PublisherTC:
 
 @dataclass(frozen=True, slots=True)
 class TCString:
-    """A decoded TC string. Optional segments are ``None`` when absent from the string."""
+    """A decoded TC string.
+
+    Id fields are :class:`IdSet` read-only sets of vendor, purpose or special feature ids.
+    ``created`` and ``last_updated`` are UTC datetimes at the format's decisecond precision.
+    ``policy_version`` is kept as read: 2 for TCF v2.0 strings, 4 for v2.2, 5 for the policy
+    published after it. Optional segments are ``None`` when absent from the string.
+    """
 
     version: int
     created: datetime

@@ -9,6 +9,7 @@ another writer of the same tenant.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +89,15 @@ class _Checked:
     cmp_receipt: dict[str, Any] | None = None
 
 
+def _utf8(text: str) -> bool:
+    """JSON input can smuggle lone surrogates (``"\\ud800"``) that no UTF-8 leaf can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class IngestService:
     def __init__(
         self,
@@ -114,6 +124,12 @@ class IngestService:
         def f(name: str) -> str:
             return f"{prefix}{name}"
 
+        for name in ("consent_id", "consent_type", "cmp_version", "policy_version", "jurisdiction"):
+            value = getattr(ev, name)
+            if value is not None and not _utf8(value):
+                raise InvalidInput(f"{name} is not valid Unicode text", field=f(name))
+        if ev.device is not None and not _utf8(json.dumps(ev.device, ensure_ascii=False)):
+            raise InvalidInput("device is not valid Unicode text", field=f("device"))
         given = [n for n in ("phone", "email", "hashed_id") if getattr(ev, n) is not None]
         if len(given) != 1:
             raise InvalidInput(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, select, text
 
 from consentgate.consent.subjects import SubjectLinks, check_hashed_id
 from consentgate.domain import consent as rules
@@ -17,7 +17,7 @@ from consentgate.errors import NotFound
 from consentgate.ledger.leaf import parse_leaf
 from consentgate.ledger.store import b64
 from consentgate.storage.engine import read_tx
-from consentgate.storage.tables import consent_state, ledger_entries
+from consentgate.storage.tables import ledger_entries
 from consentgate.tenants.service import TenantService
 
 
@@ -41,6 +41,17 @@ class SubjectConsents:
         }
 
 
+_COLUMNS = "s.consent_type, s.status, s.effective_us, s.event_seq, s.consent_id"
+_STATE_BY_HASH = text(
+    f"SELECT {_COLUMNS} FROM subject_links l LEFT JOIN consent_state s "  # noqa: S608
+    "ON s.tenant_id = l.tenant_id AND s.subject_ref = l.subject_ref "
+    "WHERE l.tenant_id = :t AND l.hashed_id = :h"
+)
+_STATE_BY_REF = text(
+    f"SELECT {_COLUMNS} FROM consent_state s WHERE s.tenant_id = :t AND s.subject_ref = :r"  # noqa: S608
+)
+
+
 class ConsentQueries:
     def __init__(
         self, engine: Engine, tenants: TenantService, links: SubjectLinks, clock: Clock
@@ -50,19 +61,13 @@ class ConsentQueries:
         self._links = links
         self._clock = clock
 
-    def _state(self, conn: Connection, tenant: str, subject_ref: str) -> dict[str, StateView]:
-        catalogue = self._tenants.purposes(conn, tenant)
+    def _views(self, tenant: str, rows: Any) -> dict[str, StateView]:
+        catalogue = self._tenants.catalogue(tenant)
         now = self._clock.now()
         views: dict[str, StateView] = {}
-        for r in conn.execute(
-            select(
-                consent_state.c.consent_type,
-                consent_state.c.status,
-                consent_state.c.effective_us,
-                consent_state.c.event_seq,
-                consent_state.c.consent_id,
-            ).where(consent_state.c.tenant_id == tenant, consent_state.c.subject_ref == subject_ref)
-        ):
+        for r in rows:
+            if r.consent_type is None:  # a known subject with no state yet (outer join)
+                continue
             entry = StateEntry(
                 ConsentStatus(r.status), from_micros(r.effective_us), int(r.event_seq), r.consent_id
             )
@@ -70,11 +75,17 @@ class ConsentQueries:
             views[r.consent_type] = rules.view(entry, purpose.max_age if purpose else None, now)
         return views
 
+    def _state(self, conn: Connection, tenant: str, subject_ref: str) -> dict[str, StateView]:
+        return self._views(tenant, conn.execute(_STATE_BY_REF, {"t": tenant, "r": subject_ref}))
+
     def by_hashed_id(self, tenant: str, hashed_id: str) -> SubjectConsents:
+        """One indexed query: the link and the subject's state rows, joined."""
         check_hashed_id(hashed_id)
         with read_tx(self._engine) as conn:
-            ref = self._links.resolve_hashed(conn, tenant, hashed_id)
-            return SubjectConsents(hashed_id, self._state(conn, tenant, ref))
+            rows = conn.execute(_STATE_BY_HASH, {"t": tenant, "h": hashed_id}).all()
+        if not rows:
+            raise NotFound("no subject with this hashed_id")
+        return SubjectConsents(hashed_id, self._views(tenant, rows))
 
     def by_identifier(self, tenant: str, identifier: Identifier) -> SubjectConsents:
         hashed = self._links.hash_identifier(tenant, identifier)

@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -127,8 +128,14 @@ class LocalKeyStore:
     another process (the CLI) through the file's modification time.
     """
 
-    def __init__(self, key_dir: Path, master_key: str | None = None) -> None:
+    def __init__(
+        self, key_dir: Path, master_key: str | None = None, refresh_seconds: float = 1.0
+    ) -> None:
+        """``refresh_seconds``: how often to look for another process's rotation (a stat of
+        the tenant's file); this process's own rotations are seen at once."""
         self._dir = key_dir
+        self._refresh = refresh_seconds
+        self._checked: dict[str, float] = {}
         self._aead = AESGCM(_load_master_key(key_dir, master_key))
         (key_dir / "tenants").mkdir(parents=True, exist_ok=True)
         self._cache: dict[
@@ -159,6 +166,7 @@ class LocalKeyStore:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        self._cache.pop(tenant, None)  # our own change: visible at once
 
     def _entries(
         self, tenant: str, *, fresh: bool = False
@@ -167,13 +175,21 @@ class LocalKeyStore:
 
         Every write replaces the file (a new inode), so (inode, size, mtime) changes even on
         filesystems with coarse timestamps; ``fresh`` skips the cache altogether."""
+        cached = self._cache.get(tenant)
+        now = time.monotonic()
+        if (
+            not fresh
+            and cached is not None
+            and now - self._checked.get(tenant, 0.0) < self._refresh
+        ):
+            return cached[1], cached[2]
         path = self._path(tenant)
         try:
             st = path.stat()
         except FileNotFoundError:
             raise NotFound(f"no keys for tenant {tenant!r}") from None
         version = (st.st_ino, st.st_size, st.st_mtime_ns)
-        cached = self._cache.get(tenant)
+        self._checked[tenant] = now
         if not fresh and cached is not None and cached[0] == version:
             return cached[1], cached[2]
         with self._lock:

@@ -36,8 +36,8 @@ class Identifier:
 def normalise_phone(raw: str, region: str | None, *, field: str = "phone") -> Identifier:
     """Parse ``raw`` (international, or national in ``region``) into E.164.
 
-    Unparseable or impossible numbers raise :class:`InvalidInput` naming ``field``; the
-    number itself is never echoed.
+    Unparseable, impossible or unallocated numbers raise
+    :class:`InvalidInput` naming ``field``; the number itself is never echoed.
     """
     if not isinstance(raw, str) or not raw.strip() or len(raw) > 64:
         raise InvalidInput(f"{field} must be a phone number", field=field)
@@ -49,6 +49,8 @@ def normalise_phone(raw: str, region: str | None, *, field: str = "phone") -> Id
             + ("" if region else " (give it in international format, +<country code>...)"),
             field=field,
         ) from None
+    # Valid, not merely possible: a number outside every allocated range cannot receive a
+    # message. (Known trade-off: bundled metadata can lag a newly allocated range.)
     if not phonenumbers.is_possible_number(parsed) or not phonenumbers.is_valid_number(parsed):
         raise InvalidInput(f"{field} is not a valid phone number", field=field)
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)

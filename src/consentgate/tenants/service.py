@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -71,7 +72,21 @@ def parse_scopes(text: str | list[str]) -> frozenset[Scope]:
 
 
 class TenantService:
-    def __init__(self, engine: Engine, keystore: KeyStore, ledger: LedgerStore, clock: Clock):
+    """Tenants, keys and purposes. Reads on the request path (authentication, the purpose
+    catalogue) are cached in-process for ``cache_seconds``; a change made through this
+    process is seen at once, one made elsewhere within that time."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        keystore: KeyStore,
+        ledger: LedgerStore,
+        clock: Clock,
+        cache_seconds: float = 5.0,
+    ):
+        self._cache_seconds = cache_seconds
+        self._principals: dict[str, tuple[float, Principal]] = {}
+        self._catalogues: dict[str, tuple[float, dict[str, Purpose]]] = {}
         self._engine = engine
         self._keys = keystore
         self._ledger = ledger
@@ -146,15 +161,35 @@ class TenantService:
     def authenticate(self, api_key: str | None) -> Principal:
         if not api_key:
             raise Unauthenticated("an API key is required: Authorization: Bearer <api key>")
+        key_hash = _hash_key(api_key)
+        cached = self._principals.get(key_hash)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < self._cache_seconds:
+            return cached[1]
         with read_tx(self._engine) as conn:
             row = conn.execute(
                 select(api_keys.c.id, api_keys.c.tenant_id, api_keys.c.scopes, tenants.c.region)
                 .join(tenants, tenants.c.id == api_keys.c.tenant_id)
-                .where(api_keys.c.key_hash == _hash_key(api_key), api_keys.c.revoked_us.is_(None))
+                .where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_us.is_(None))
             ).one_or_none()
         if row is None:
             raise Unauthenticated("the API key is not valid")
-        return Principal(row.tenant_id, row.id, parse_scopes(row.scopes), row.region)
+        principal = Principal(row.tenant_id, row.id, parse_scopes(row.scopes), row.region)
+        if len(self._principals) > 10_000:
+            self._principals.clear()
+        self._principals[key_hash] = (now, principal)
+        return principal
+
+    def catalogue(self, tenant: str) -> dict[str, Purpose]:
+        """The purpose catalogue, cached (see the class docstring)."""
+        cached = self._catalogues.get(tenant)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < self._cache_seconds:
+            return cached[1]
+        with read_tx(self._engine) as conn:
+            purposes_ = self.purposes(conn, tenant)
+        self._catalogues[tenant] = (now, purposes_)
+        return purposes_
 
     def exists(self, name: str) -> bool:
         with read_tx(self._engine) as conn:
@@ -232,4 +267,5 @@ class TenantService:
                     else consent_state.c.effective_us + seconds * 1_000_000
                 )
             )
+        self._catalogues.pop(tenant, None)
         return Purpose(name, max_age, description)
