@@ -35,7 +35,11 @@ def require(*scopes: Scope) -> Callable[[Request], Coroutine[Any, Any, Principal
 
     async def dependency(request: Request) -> Principal:
         app = get_app(request)
-        principal = await run_in_threadpool(app.tenants.authenticate, _bearer(request))
+        key = _bearer(request)
+        # A recently seen key needs no I/O: skip the thread hop.
+        principal = app.tenants.cached_principal(key) if key else None
+        if principal is None:
+            principal = await run_in_threadpool(app.tenants.authenticate, key)
         if not principal.scopes.intersection(scopes):
             needed = " or ".join(s.value for s in scopes)
             raise Forbidden(f"this API key lacks the {needed} scope")

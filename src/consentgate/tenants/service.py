@@ -162,10 +162,10 @@ class TenantService:
         if not api_key:
             raise Unauthenticated("an API key is required: Authorization: Bearer <api key>")
         key_hash = _hash_key(api_key)
-        cached = self._principals.get(key_hash)
+        cached = self.cached_principal(api_key)
+        if cached is not None:
+            return cached
         now = time.monotonic()
-        if cached is not None and now - cached[0] < self._cache_seconds:
-            return cached[1]
         with read_tx(self._engine) as conn:
             row = conn.execute(
                 select(api_keys.c.id, api_keys.c.tenant_id, api_keys.c.scopes, tenants.c.region)
@@ -179,6 +179,13 @@ class TenantService:
             self._principals.clear()
         self._principals[key_hash] = (now, principal)
         return principal
+
+    def cached_principal(self, api_key: str) -> Principal | None:
+        """The principal if this key was authenticated within the cache time (no I/O)."""
+        cached = self._principals.get(_hash_key(api_key))
+        if cached is not None and time.monotonic() - cached[0] < self._cache_seconds:
+            return cached[1]
+        return None
 
     def catalogue(self, tenant: str) -> dict[str, Purpose]:
         """The purpose catalogue, cached (see the class docstring)."""
