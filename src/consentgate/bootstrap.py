@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from sqlalchemy import Engine
 
-from consentgate.cmp import generic
+from consentgate.cmp import generic, mapped
 from consentgate.config import Settings, load_settings
 from consentgate.consent.cmp_settings import CmpSettings
 from consentgate.consent.cmp_webhooks import CmpWebhookService
@@ -67,7 +67,19 @@ def build(
         timedelta(seconds=settings.consent.future_skew_seconds),
         receipt_policy=cmp_settings.receipt_policy,
     )
-    adapters = {"generic": lambda _tenant, payload: generic.to_events(payload)}
+    adapters = {
+        "generic": lambda _tenant, payload: generic.to_events(payload),
+        "tcf": lambda tenant, payload: (
+            mapped.tcf_events(payload, cmp_settings.tcf_mapping(tenant)),
+            True,
+        ),
+        "gpp": lambda tenant, payload: (
+            mapped.gpp_events(
+                payload, cmp_settings.tcf_mapping(tenant), cmp_settings.gpp_mapping(tenant)
+            ),
+            True,
+        ),
+    }
     return App(
         settings=settings,
         engine=engine,

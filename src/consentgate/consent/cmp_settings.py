@@ -20,9 +20,8 @@ from consentgate.storage.tables import cmp_mappings, cmp_settings
 from consentgate.tenants.service import TenantService
 
 TCF_PURPOSES = range(1, 12)  # TCF v2.2 defines purposes 1-11
-USNAT_OPT_OUTS = frozenset(
-    {"SaleOptOut", "SharingOptOut", "TargetedAdvertisingOptOut"}
-)  # the usnat fields where 1 means "opted out"
+# The usnat fields where 1 means "opted out", and the GPC signal (true = opt out).
+USNAT_OPT_OUTS = frozenset({"SaleOptOut", "SharingOptOut", "TargetedAdvertisingOptOut", "Gpc"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,9 +93,8 @@ class CmpWebhookService:
             raise InvalidInput("the body is not valid UTF-8 JSON", field="body") from None
         events, batch = convert(tenant, payload)
         if not events:
-            raise InvalidInput(
-                "the payload maps to no consent event (check the mapping)", field="body"
-            )
+            # e.g. a GPP string with no mapped opt-out set: nothing to record, nothing wrong.
+            return WebhookOutcome(200, {"events": []}, False)
         region = self._tenant_region(tenant)
         outcome: dict[str, WebhookOutcome] = {}
 
