@@ -7,6 +7,7 @@ IAB field names, so an adapter can trust them.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +59,13 @@ def _public_only(jwks: Any) -> dict[str, Any]:
 
 
 class CmpSettings:
-    def __init__(self, engine: Engine, tenants: TenantService, clock: Clock) -> None:
+    def __init__(
+        self, engine: Engine, tenants: TenantService, clock: Clock, cache_seconds: float = 5.0
+    ) -> None:
+        # Read on every ingest: cached like the purpose catalogue (a change made through this
+        # process is seen at once, one made by another process within cache_seconds).
+        self._cache_seconds = cache_seconds
+        self._policies: dict[str, tuple[float, ReceiptPolicy]] = {}
         self._engine = engine
         self._tenants = tenants
         self._clock = clock
@@ -75,9 +82,19 @@ class CmpSettings:
                     updated_us=to_micros(self._clock.now()),
                 )
             )
+        self._policies.pop(tenant, None)
         return ReceiptPolicy(checked, required)
 
     def receipt_policy(self, tenant: str) -> ReceiptPolicy:
+        cached = self._policies.get(tenant)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < self._cache_seconds:
+            return cached[1]
+        policy = self._load_policy(tenant)
+        self._policies[tenant] = (now, policy)
+        return policy
+
+    def _load_policy(self, tenant: str) -> ReceiptPolicy:
         with read_tx(self._engine) as conn:
             row = conn.execute(
                 select(cmp_settings.c.jwks, cmp_settings.c.require_signed_receipts).where(

@@ -225,7 +225,7 @@ class IngestService:
         now_us = to_micros(now)
         with write_tx(self._engine) as conn:
             head = self._ledger.lock_head(conn, tenant)
-            catalogue = self._tenants.purposes(conn, tenant)
+            catalogue = self._tenants.catalogue(tenant)
             for c in checked:
                 if c.source.consent_type not in catalogue:
                     known = ", ".join(sorted(catalogue))
