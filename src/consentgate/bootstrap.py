@@ -11,6 +11,7 @@ from consentgate.cmp import generic, mapped
 from consentgate.config import Settings, load_settings
 from consentgate.consent.cmp_settings import CmpSettings
 from consentgate.consent.cmp_webhooks import CmpWebhookService
+from consentgate.consent.group_commit import GroupCommitter
 from consentgate.consent.ingest import IngestService
 from consentgate.consent.queries import ConsentQueries
 from consentgate.consent.receipts import ReceiptService
@@ -32,6 +33,7 @@ class App:
     tenants: TenantService
     links: SubjectLinks
     ingest: IngestService
+    committer: GroupCommitter
     queries: ConsentQueries
     cmp_settings: CmpSettings
     cmp_webhooks: CmpWebhookService
@@ -67,6 +69,7 @@ def build(
         timedelta(seconds=settings.consent.future_skew_seconds),
         receipt_policy=cmp_settings.receipt_policy,
     )
+    committer = GroupCommitter(ingest)
     adapters = {
         "generic": lambda _tenant, payload: generic.to_events(payload),
         "tcf": lambda tenant, payload: (
@@ -89,9 +92,12 @@ def build(
         tenants=tenants,
         links=links,
         ingest=ingest,
+        committer=committer,
         queries=ConsentQueries(engine, tenants, links, clock),
         cmp_settings=cmp_settings,
-        cmp_webhooks=CmpWebhookService(engine, tenants, keystore, ingest, clock, adapters),
+        cmp_webhooks=CmpWebhookService(
+            engine, tenants, keystore, ingest, committer, clock, adapters
+        ),
         receipts=ReceiptService(
             engine, tenants, links, ledger, keystore, clock, settings.consent.public_url
         ),

@@ -5,8 +5,9 @@ carried as base64url without padding. This module owns turning such text into bi
 fixed-width integers, flags, bit fields, letters, deciseconds timestamps, Fibonacci-coded
 integers and 16-bit ID ranges out of them, the :class:`IdSet` that holds decoded vendor and
 purpose ids, and reporting every malformed or short input as a :class:`CmpStringError` that
-names what was being read and at which bit. The payload is decoded once into a single Python
-``int``, so each read is a shift and a mask.
+names what was being read and at which bit. Reads are shifts and masks on a Python ``int``
+built from a window of the decoded bytes (the whole payload for typical strings), so a read
+costs the same wherever it is in the payload and decoding stays linear in the input length.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ _TO_STANDARD_BASE64 = bytes.maketrans(b"-_", b"+/")
 _ASCII_BITS = bytes.maketrans(b"01", b"\x00\x01")
 _REVERSED_BITS = bytes(int(f"{byte:08b}"[::-1], 2) for byte in range(256))
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Bytes held as one int. Big enough for a typical core segment in one go; small enough that
+# shifting it is cheap, where shifting a whole 100 KB payload per read would be quadratic.
+_WINDOW_BYTES = 512
 # Fibonacci code weights: bit i of a code word is worth F(i + 2) = 1, 2, 3, 5, 8, ...
 _FIBONACCI_BITS = 64
 _FIBONACCI = [1, 2]
@@ -99,14 +103,18 @@ class IdSet(Set[int]):
     def __hash__(self) -> int:
         return self._hash()
 
-    def __repr__(self) -> str:
-        spans: list[list[int]] = []
+    def spans(self) -> list[tuple[int, int]]:
+        """The ids as ascending inclusive ``(start, end)`` runs of consecutive ids."""
+        runs: list[list[int]] = []
         for item in self:
-            if spans and spans[-1][1] == item - 1:
-                spans[-1][1] = item
+            if runs and runs[-1][1] == item - 1:
+                runs[-1][1] = item
             else:
-                spans.append([item, item])
-        text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+                runs.append([item, item])
+        return [(start, end) for start, end in runs]
+
+    def __repr__(self) -> str:
+        text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in self.spans())
         return f"IdSet({{{text}}})"
 
 
@@ -127,7 +135,7 @@ class BitReader:
     (``"core segment"``); both only feed error messages.
     """
 
-    __slots__ = ("_shift_base", "_value", "limit", "pos", "what", "where")
+    __slots__ = ("_fast_end", "_pos", "_raw", "_window", "_window_end", "limit", "what", "where")
 
     def __init__(self, text: str, what: str, where: str) -> None:
         self.what = what
@@ -143,34 +151,54 @@ class BitReader:
         # Pad with 'A' (six zero bits) to whole 4-char groups so no payload bit is dropped by
         # the byte-oriented decoder; the reader stops at the real end, ``limit``.
         padded = text.encode("ascii").translate(_TO_STANDARD_BASE64) + b"A" * (-len(text) % 4)
-        self._value = int.from_bytes(binascii.a2b_base64(padded), "big")
-        self._shift_base = len(padded) * 6
+        self._raw = binascii.a2b_base64(padded)
         self.limit = len(text) * 6
-        self.pos = 0
+        self._pos = 0
+        self._load(0, 0)
+
+    def _load(self, pos: int, n: int) -> None:
+        """Hold, as ``_window``, whole bytes covering bits [pos, pos + n) where they exist.
+
+        Reads only move forward, so the window never has to reach back before ``pos``.
+        ``_fast_end`` is where the next read must stop to need neither a reload nor a
+        truncation check: the end of the window or of the input, whichever comes first.
+        """
+        first = pos >> 3
+        last = min(max(first + _WINDOW_BYTES, (pos + n + 7) >> 3), len(self._raw))
+        self._window = int.from_bytes(self._raw[first:last], "big")
+        self._window_end = last << 3
+        self._fast_end = min(self._window_end, self.limit)
+
+    @property
+    def pos(self) -> int:
+        """The next bit to read, from 0 at the start of the segment; it only moves forward."""
+        return self._pos
 
     @property
     def remaining(self) -> int:
         """Bits left before the end of the segment (padding included)."""
-        return self.limit - self.pos
+        return self.limit - self._pos
 
     def error(self, message: str, *, at: int | None = None) -> CmpStringError:
         """Build an error located at ``at`` (default: the current bit) in this segment."""
-        bit = self.pos if at is None else at
+        bit = self._pos if at is None else at
         return CmpStringError(f"{self.what}: {message} in {self.where} at bit {bit}")
 
     def _truncated(self, needed: int, field: str) -> NoReturn:
         raise CmpStringError(
-            f"{self.what} truncated in {self.where} at bit {self.pos} ({field}): "
-            f"needs {needed} bits, {self.limit - self.pos} left"
+            f"{self.what} truncated in {self.where} at bit {self._pos} ({field}): "
+            f"needs {needed} bits, {self.limit - self._pos} left"
         )
 
     def read_int(self, n: int, field: str) -> int:
         """Read an unsigned ``n``-bit big-endian integer."""
-        end = self.pos + n
-        if end > self.limit:
-            self._truncated(n, field)
-        self.pos = end
-        return (self._value >> (self._shift_base - end)) & ((1 << n) - 1)
+        end = self._pos + n
+        if end > self._fast_end:  # one comparison on the common path
+            if end > self.limit:
+                self._truncated(n, field)
+            self._load(self._pos, n)
+        self._pos = end
+        return (self._window >> (self._window_end - end)) & ((1 << n) - 1)
 
     def read_bool(self, field: str) -> bool:
         return self.read_int(1, field) == 1
@@ -188,14 +216,13 @@ class BitReader:
 
     def read_letters(self, count: int, field: str) -> str:
         """Read ``count`` 6-bit letters where 0 is 'A' and 25 is 'Z'."""
-        start = self.pos
-        letters = []
-        for _ in range(count):
-            code = self.read_int(6, field)
-            if code > 25:
-                raise self.error(f"letter code {code} is not A-Z ({field})", at=start)
-            letters.append(chr(65 + code))
-        return "".join(letters)
+        start = self._pos
+        packed = self.read_int(6 * count, field)
+        codes = [(packed >> shift) & 63 for shift in range(6 * (count - 1), -1, -6)]
+        if max(codes, default=0) > 25:
+            code = max(codes)
+            raise self.error(f"letter code {code} is not A-Z ({field})", at=start)
+        return "".join(chr(65 + code) for code in codes)
 
     def read_datetime(self, field: str) -> datetime:
         """Read a 36-bit count of deciseconds since the Unix epoch as an aware UTC datetime."""
@@ -203,7 +230,7 @@ class BitReader:
 
     def read_int_list(self, count: int, width: int, field: str) -> tuple[int, ...]:
         """Read ``count`` consecutive ``width``-bit integers with one shift per value."""
-        if self.pos + count * width > self.limit:
+        if self._pos + count * width > self.limit:
             for _ in range(count):  # one by one, so the error names the bit where input ends
                 self.read_int(width, field)
         packed = self.read_int(count * width, field)
@@ -215,7 +242,7 @@ class BitReader:
 
         A Zeckendorf code never holds two adjacent 1s, so the first "11" ends the code word.
         """
-        start = self.pos
+        start = self._pos
         width = min(max_bits + 1, _FIBONACCI_BITS, self.limit - start)
         window = format(self.read_int(width, field), f"0{width}b") if width > 0 else ""
         last = window.find("11")
@@ -225,7 +252,7 @@ class BitReader:
             raise self.error(
                 f"Fibonacci integer ({field}) has no end within {width} bits", at=start
             )
-        self.pos = start + last + 2
+        self._pos = start + last + 2
         return sum(_FIBONACCI[i] for i, bit in enumerate(window[: last + 1]) if bit == "1")
 
     def read_range_ids(self, field: str) -> IdSet:
@@ -235,20 +262,23 @@ class BitReader:
         range-encoded vendor lists are the hot path of TC string decoding.
         """
         entries = self.read_int(12, field)
-        value, base, limit = self._value, self._shift_base, self.limit
-        pos = self.pos
+        limit, pos = self.limit, self._pos
+        window, window_end, fast_end = self._window, self._window_end, self._fast_end
         mask = 0
         for _ in range(entries):
-            if pos + 17 > limit:
-                self.pos = pos
-                self._truncated(17, field)
-            head = (value >> (base - pos - 17)) & 0x1FFFF
+            if pos + 33 > fast_end:
+                if pos + 17 > limit:
+                    self._pos = pos
+                    self._truncated(17, field)
+                self._load(pos, 33)  # near the input's end this holds fewer than 33 bits
+                window, window_end, fast_end = self._window, self._window_end, self._fast_end
+            head = (window >> (window_end - pos - 17)) & 0x1FFFF
             start = head & 0xFFFF
             if head >> 16:
                 if pos + 33 > limit:
-                    self.pos = pos
+                    self._pos = pos
                     self._truncated(33, field)
-                end = (value >> (base - pos - 33)) & 0xFFFF
+                end = (window >> (window_end - pos - 33)) & 0xFFFF
                 if end < start:
                     raise self.error(
                         f"range entry ends at {end} before it starts at {start} ({field})", at=pos
@@ -258,5 +288,5 @@ class BitReader:
             else:
                 mask |= 1 << start
                 pos += 17
-        self.pos = pos
+        self._pos = pos
         return _id_set(mask)

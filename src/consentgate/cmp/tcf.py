@@ -163,10 +163,10 @@ def _read_optional_segments(texts: list[str]) -> _OptionalSegments:
 
 def _read_vendor_section(r: BitReader, field: str) -> IdSet:
     """MaxVendorId(16), IsRangeEncoding(1), then a MaxVendorId-bit field or range entries."""
-    max_vendor_id = r.read_int(16, field)
-    if r.read_bool(field):
+    header = r.read_int(17, field)
+    if header & 1:
         return r.read_range_ids(field)
-    return r.read_bitfield(max_vendor_id, field)
+    return r.read_bitfield(header >> 1, field)
 
 
 def _read_publisher_restrictions(r: BitReader) -> tuple[PublisherRestriction, ...]:

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from consentgate.cmp import webhook
+from consentgate.consent.group_commit import GroupCommitter
 from consentgate.consent.ingest import EventInput, IngestResult, IngestService
 from consentgate.crypto.keystore import KeyStore
 from consentgate.domain.clock import Clock
@@ -44,6 +45,7 @@ class CmpWebhookService:
         tenants: TenantService,
         keystore: KeyStore,
         ingest: IngestService,
+        committer: GroupCommitter,
         clock: Clock,
         adapters: Mapping[str, Adapter],
     ) -> None:
@@ -51,6 +53,7 @@ class CmpWebhookService:
         self._tenants = tenants
         self._keys = keystore
         self._ingest = ingest
+        self._committer = committer
         self._clock = clock
         self._adapters = dict(adapters)
 
@@ -113,9 +116,10 @@ class CmpWebhookService:
             outcome["result"] = WebhookOutcome(status, response, False)
 
         try:
-            self._ingest.ingest(
+            prepared = self._ingest.prepare(
                 tenant, region, events, batch=batch or len(events) > 1, within=remember
             )
+            self._committer.submit(tenant, prepared)
         except IntegrityError:
             # The same webhook-id raced us and won: answer as it did.
             previous = self._stored(tenant, delivery.webhook_id)

@@ -8,6 +8,7 @@ another writer of the same tenant.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import uuid
@@ -87,6 +88,7 @@ class _Checked:
     subject_ref: str = ""
     hashed_id: str = ""
     cmp_receipt: dict[str, Any] | None = None
+    where: str = ""  # the field prefix that names this event in errors ("events[3].")
 
 
 def _utf8(text: str) -> bool:
@@ -96,6 +98,14 @@ def _utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A validated request, ready to be committed (alone or grouped with others)."""
+
+    checked: list[_Checked]
+    within: Callable[[Connection, list[IngestResult]], None] | None = None
 
 
 class IngestService:
@@ -157,6 +167,7 @@ class IngestService:
         instant = parse_rfc3339(ev.timestamp, field=f("timestamp"))
         rules.check_not_future(instant, self._clock.now(), self._skew, field=f("timestamp"))
         return _Checked(
+            where=prefix,
             index=i,
             source=ev,
             identity=None if identity is None else self._links.hash_identifier(tenant, identity),
@@ -167,7 +178,7 @@ class IngestService:
         )
 
     # -- the transaction ---------------------------------------------------------------------
-    def _check_receipts(self, tenant: str, checked: list[_Checked], prefix: str) -> None:
+    def _check_receipts(self, tenant: str, checked: list[_Checked]) -> None:
         """Verify CMP-signed receipts; the leaf records the outcome and the CMP's key id
         (and the receipt's hash, not the receipt: its payload may name the person)."""
         if not any(c.source.receipt is not None for c in checked):
@@ -175,12 +186,12 @@ class IngestService:
             if policy.required:
                 raise InvalidInput(
                     "this tenant requires a CMP-signed receipt on every event",
-                    field=prefix.format(checked[0].index) + "receipt",
+                    field=checked[0].where + "receipt",
                 )
             return
         policy = self._receipt_policy(tenant)
         for c in checked:
-            where = prefix.format(c.index) + "receipt"
+            where = c.where + "receipt"
             token = c.source.receipt
             if token is None:
                 if policy.required:
@@ -216,11 +227,34 @@ class IngestService:
     ) -> list[IngestResult]:
         """Record ``events``; ``within`` runs in the same transaction once results are known
         (e.g. to remember a webhook delivery atomically with what it recorded)."""
+        return self.commit(
+            tenant, [self.prepare(tenant, region, events, batch=batch, within=within)]
+        )[0]
+
+    def prepare(
+        self,
+        tenant: str,
+        region: str | None,
+        events: list[EventInput],
+        *,
+        batch: bool,
+        within: Callable[[Connection, list[IngestResult]], None] | None = None,
+    ) -> Prepared:
+        """Everything that needs no transaction: validation, hashing, receipt checks."""
         prefix = "events[{}]." if batch else ""
         checked = [
             self._check(tenant, region, i, ev, prefix.format(i)) for i, ev in enumerate(events)
         ]
-        self._check_receipts(tenant, checked, prefix)
+        self._check_receipts(tenant, checked)
+        return Prepared(checked, within)
+
+    def commit(self, tenant: str, requests: list[Prepared]) -> list[list[IngestResult]]:
+        """Record prepared requests in ONE transaction (one fsync, one checkpoint): all of
+        them or, on any error, none. Results per request, in request order."""
+        checked = [c for r in requests for c in r.checked]
+        owner = [n for n, r in enumerate(requests) for _ in r.checked]
+        # Re-index across requests; each event keeps its own ``where`` for error messages.
+        checked = [dataclasses.replace(c, index=i) for i, c in enumerate(checked)]
         now = self._clock.now()
         now_us = to_micros(now)
         with write_tx(self._engine) as conn:
@@ -231,9 +265,9 @@ class IngestService:
                     known = ", ".join(sorted(catalogue))
                     raise InvalidInput(
                         f"unknown consent_type; this tenant's purposes: {known}",
-                        field=prefix.format(c.index) + "consent_type",
+                        field=c.where + "consent_type",
                     )
-            self._resolve_subjects(conn, tenant, checked, prefix, now_us)
+            self._resolve_subjects(conn, tenant, checked, now_us)
             results: dict[int, IngestResult] = {}
             fresh: list[tuple[_Checked, LeafEvent]] = []
             seen: dict[str, tuple[bytes, int]] = {}
@@ -264,7 +298,7 @@ class IngestService:
                     if prior["content_hash"] != fingerprint:
                         raise Conflict(
                             "consent_id was already recorded with other content",
-                            field=prefix.format(c.index) + "consent_id",
+                            field=c.where + "consent_id",
                         )
                     results[c.index] = IngestResult(
                         prior["event_id"], prior["seq"], c.hashed_id, b64(prior["leaf_hash"]), False
@@ -274,7 +308,7 @@ class IngestService:
                     if seen[c.source.consent_id][0] != fingerprint:
                         raise Conflict(
                             "consent_id appears twice in this batch with different content",
-                            field=prefix.format(c.index) + "consent_id",
+                            field=c.where + "consent_id",
                         )
                     continue  # resolved to the first occurrence below
                 seen[c.source.consent_id] = (fingerprint, c.index)
@@ -309,13 +343,16 @@ class IngestService:
                     results[c.index] = IngestResult(
                         r.event_id, r.seq, c.hashed_id, r.leaf_hash, False
                     )
-            ordered = [results[i] for i in range(len(checked))]
-            if within is not None:
-                within(conn, ordered)
-        return ordered
+            per_request: list[list[IngestResult]] = [[] for _ in requests]
+            for i in range(len(checked)):
+                per_request[owner[i]].append(results[i])
+            for request, answer in zip(requests, per_request, strict=True):
+                if request.within is not None:
+                    request.within(conn, answer)
+        return per_request
 
     def _resolve_subjects(
-        self, conn: Connection, tenant: str, checked: list[_Checked], prefix: str, now_us: int
+        self, conn: Connection, tenant: str, checked: list[_Checked], now_us: int
     ) -> None:
         by_identity = [c for c in checked if c.identity is not None]
         refs = self._links.resolve_or_create(
@@ -333,7 +370,7 @@ class IngestService:
             if c.hashed_id not in known:
                 raise InvalidInput(
                     "hashed_id names no known subject: record the first event by phone or email",
-                    field=prefix.format(c.index) + "hashed_id",
+                    field=c.where + "hashed_id",
                 )
             c.subject_ref = known[c.hashed_id]
 

@@ -87,9 +87,10 @@ async def ingest(request: Request, response: Response, principal: Writer) -> Any
         if batch
         else [_to_input(parse(ConsentEventIn, body))]
     )
-    results = await run_in_threadpool(
-        app.ingest.ingest, principal.tenant, principal.region, events, batch=batch
+    prepared = await run_in_threadpool(
+        app.ingest.prepare, principal.tenant, principal.region, events, batch=batch
     )
+    results = await run_in_threadpool(app.committer.submit, principal.tenant, prepared)
     response.status_code = 201 if any(r.created for r in results) else 200
     if batch:
         return {"events": [r.as_dict() for r in results]}
