@@ -91,10 +91,8 @@ def test_a_failing_request_does_not_fail_its_group(core: App, tenant: dict[str, 
 
 def test_many_threads_no_loss(core: App, tenant: dict[str, Any]) -> None:
     def run(worker: int) -> list[int]:
-        return [
-            _submit(core, _event(f"w{worker}-{i}", f"+4479111{(1000 + worker * 20 + i):05d}"))[0].seq
-            for i in range(20)
-        ]
+        phones = [f"+4479111{(1000 + worker * 20 + i):05d}" for i in range(20)]
+        return [_submit(core, _event(f"w{worker}-{i}", p))[0].seq for i, p in enumerate(phones)]
 
     barrier = threading.Barrier(8)
 
