@@ -1,0 +1,50 @@
+"""Sizes of a run: full by default, scaled by ``BENCH_SCALE`` or ``--scale``/``--quick``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Sizes:
+    batch_size: int = 1000
+    warmup_batches: int = 1
+    batches: int = 20
+    subjects: int = 10_000
+    lookups: int = 20_000
+    lookup_warmup: int = 1_000
+    lookup_seconds: float = 20.0  # time cap on the timed service lookups (count is recorded)
+    http_workers: int = 4
+    http_seconds: float = 5.0
+    http_warmup_seconds: float = 1.0
+    http_max_requests: int = 200_000  # per worker and phase: the loop is bounded in count too
+    proof_leaves: int = 1_000_000
+    proof_leaves_pg: int = 1_000_000
+    tree_batch: int = 10_000
+    tree_build: str = "bulk"  # or "append": LedgerStore.append for every batch
+    proofs: int = 1_000
+    proof_warmup: int = 10
+    proof_seconds: float = 30.0  # time cap on the timed service proofs (count is recorded)
+    proof_diag: int = 10  # proofs re-run with the service's SQL through the bare driver
+
+    @classmethod
+    def scaled(cls, scale: float) -> Sizes:
+        def n(value: int, floor: int) -> int:
+            return max(floor, round(value * scale))
+
+        base = cls()
+        return cls(
+            batches=n(base.batches, 2),
+            subjects=n(base.subjects, 200),
+            lookups=n(base.lookups, 500),
+            lookup_warmup=n(base.lookup_warmup, 100),
+            lookup_seconds=max(5.0, base.lookup_seconds * min(1.0, scale)),
+            http_seconds=max(1.0, base.http_seconds * min(1.0, scale)),
+            http_warmup_seconds=max(0.5, base.http_warmup_seconds * min(1.0, scale)),
+            proof_leaves=n(base.proof_leaves, 10_000),
+            proof_leaves_pg=n(base.proof_leaves_pg, 10_000),
+            proofs=n(base.proofs, 100),
+            proof_warmup=n(base.proof_warmup, 5),
+            proof_seconds=max(10.0, base.proof_seconds * min(1.0, scale)),
+            proof_diag=n(base.proof_diag, 5),
+        )

@@ -1,0 +1,324 @@
+"""``python -m bench.run``: consentgate's benchmark, on SQLite and a throwaway PostgreSQL.
+
+Figures (each beside a baseline measured in the same run on the same rows, warm-up excluded):
+
+1. ledger appends/s in batches of 1000 through ``core.ingest.ingest(..., batch=True)`` and
+   through ``LedgerStore.append`` alone, vs a raw bulk insert of the same rows into a plain
+   table (``sqlite3.executemany`` / psycopg ``COPY``); floors ≥ 10,000/s SQLite, ≥ 5,000/s PG;
+2. in-process state lookups/s (``core.queries.by_hashed_id``) vs a raw indexed SELECT;
+3. HTTP lookups/s, p50, p99 against ``consentgate serve`` vs GET /healthz on that server;
+4. inclusion-proof p50/p99 on a 1,000,000-leaf tree vs the same queries in bare SQL;
+   floor ≤ 5 ms.
+
+Sizes scale with ``BENCH_SCALE`` (or ``--scale``; ``--quick`` is 0.1). Results go to
+``bench/results.json`` and a Rich table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import httpbench, ledger, lookups, pgcluster, proofs
+from bench.backends import Backend, PostgresBackend, SqliteBackend
+from bench.common import REPO, Figure, load_average, machine_info
+from bench.config import Sizes
+from consentgate.bootstrap import App, build
+from consentgate.config import load_settings
+
+PHASES = ("ingest", "lookup", "http", "proof")
+FIGURE_KEYS = {
+    "ingest": [
+        ("ingest", "appends/s, core.ingest.ingest(batch=True)"),
+        ("ledger_append", "appends/s, LedgerStore.append alone"),
+    ],
+    "lookup": [("lookup", "lookups/s, core.queries.by_hashed_id")],
+    "http": [("http_lookup", "HTTP lookups/s")],
+    "proof": [("proof_p50", "inclusion proof p50"), ("proof_p99", "inclusion proof p99")],
+}
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="scale 0.1: a smoke run")
+    parser.add_argument("--scale", type=float, help="size multiplier (default BENCH_SCALE or 1)")
+    parser.add_argument(
+        "--backends", default="sqlite,postgresql", help="comma-separated: sqlite,postgresql"
+    )
+    parser.add_argument("--no-pg", action="store_true", help="SQLite only")
+    parser.add_argument("--only", help=f"comma-separated phases of {','.join(PHASES)}")
+    parser.add_argument("--proof-leaves", type=int, help="leaves in the SQLite proof tree")
+    parser.add_argument("--pg-proof-leaves", type=int, help="leaves in the PostgreSQL proof tree")
+    parser.add_argument("--http-seconds", type=float, help="measured seconds per HTTP phase")
+    parser.add_argument("--http-workers", type=int, help="client processes for HTTP")
+    parser.add_argument(
+        "--tree-build",
+        choices=("bulk", "append"),
+        help="proof tree: bulk loader (default) or LedgerStore.append for every batch",
+    )
+    parser.add_argument("--profile", action="store_true", help="cProfile extra ingest batches")
+    parser.add_argument(
+        "--output", type=Path, default=REPO / "bench" / "results.json", help="results file"
+    )
+    return parser.parse_args(argv)
+
+
+def _sizes(args: argparse.Namespace) -> tuple[Sizes, float]:
+    scale = 0.1 if args.quick else float(os.environ.get("BENCH_SCALE") or 1.0)
+    if args.scale is not None:
+        scale = args.scale
+    sizes = Sizes.scaled(scale)
+    overrides: dict[str, Any] = {}
+    if args.proof_leaves:
+        overrides["proof_leaves"] = args.proof_leaves
+    if args.pg_proof_leaves:
+        overrides["proof_leaves_pg"] = args.pg_proof_leaves
+    if args.http_seconds:
+        overrides["http_seconds"] = args.http_seconds
+    if args.tree_build:
+        overrides["tree_build"] = args.tree_build
+    if args.http_workers:
+        overrides["http_workers"] = args.http_workers
+    return replace(sizes, **overrides), scale
+
+
+def _skipped(backend: str, phases: list[str], reason: str) -> list[Figure]:
+    return [
+        Figure(backend, key, title, "", skipped=reason)
+        for phase in phases
+        for key, title in FIGURE_KEYS[phase]
+    ]
+
+
+class Runner:
+    def __init__(self, sizes: Sizes, phases: list[str], profile_dir: Path | None) -> None:
+        self.sizes = sizes
+        self.phases = phases
+        self.profile_dir = profile_dir
+        self.figures: list[Figure] = []
+        self.timings: dict[str, float] = {}
+        self.load: dict[str, list[float] | None] = {}
+        self.console = Console(stderr=True)
+
+    def _phase(self, backend: Backend, phase: str, fn: Callable[[], list[Figure]]) -> bool:
+        self.console.log(f"[bold]{backend.name}[/]: {phase} …")
+        t0 = time.perf_counter()
+        try:
+            self.figures.extend(fn())
+            ok = True
+        except Exception as exc:  # a failed phase is reported, never hidden
+            traceback.print_exc()
+            self.figures.extend(_skipped(backend.name, [phase], f"error: {exc!r}"[:400]))
+            ok = False
+        self.timings[f"{backend.name}.{phase}"] = round(time.perf_counter() - t0, 2)
+        self.load[f"{backend.name}.{phase}"] = load_average()
+        self.console.log(
+            f"[bold]{backend.name}[/]: {phase} done in {time.perf_counter() - t0:.1f} s"
+        )
+        return ok
+
+    def run_backend(self, backend: Backend, proof_leaves: int) -> None:
+        core: App = build(load_settings(backend.env))
+        try:
+            state: ledger.IngestState | None = None
+
+            def ingest() -> list[Figure]:
+                nonlocal state
+                figs, state = ledger.run(backend, core, self.sizes, self.profile_dir)
+                return figs
+
+            needs_state = [p for p in ("lookup", "http") if p in self.phases]
+            wants_data = "ingest" in self.phases or needs_state
+            if wants_data and (not self._phase(backend, "ingest", ingest) or state is None):
+                self.figures.extend(_skipped(backend.name, needs_state, "skipped: no data"))
+                needs_state = []
+            if state is not None:
+                st = state
+                if "lookup" in needs_state:
+                    self._phase(
+                        backend,
+                        "lookup",
+                        lambda: [
+                            lookups.run(backend, core, ledger.TENANT, st.hashed_ids, self.sizes)
+                        ],
+                    )
+                if "http" in needs_state:
+                    self._phase(
+                        backend,
+                        "http",
+                        lambda: [httpbench.run(backend, core, st.phones, self.sizes)],
+                    )
+            if "proof" in self.phases:
+                self._phase(
+                    backend, "proof", lambda: proofs.run(backend, core, proof_leaves, self.sizes)
+                )
+        finally:
+            core.close()
+
+    def sqlite(self) -> dict[str, Any]:
+        workdir = Path(tempfile.mkdtemp(prefix="consentgate-bench-sqlite-"))
+        try:
+            backend = SqliteBackend(workdir)
+            self.run_backend(backend, self.sizes.proof_leaves)
+            return {"durability": backend.durability, "database": "file in a temp dir"}
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def postgresql(self) -> dict[str, Any]:
+        try:
+            cluster = pgcluster.start()
+        except (FileNotFoundError, OSError, subprocess.SubprocessError) as exc:
+            reason = f"skipped: {exc}"
+            self.figures.extend(_skipped("postgresql", self.phases, reason))
+            return {"status": reason}
+        workdir = Path(tempfile.mkdtemp(prefix="consentgate-bench-pgdata-"))
+        try:
+            cluster.execute("CREATE DATABASE bench")
+            backend = PostgresBackend(
+                workdir, cluster.dsn("bench"), cluster.url("bench"), pgcluster.DURABILITY
+            )
+            info = {
+                "durability": backend.durability,
+                "server_version": cluster.server_version(),
+                "database": "throwaway cluster (initdb/pg_ctl), 127.0.0.1",
+            }
+            self.run_backend(backend, self.sizes.proof_leaves_pg)
+            return info
+        finally:
+            pgcluster.destroy(cluster)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    if unit == "ms":
+        return f"{value:.2f} ms"
+    return f"{value:,.0f}/s"
+
+
+def _notes(fig: Figure) -> str:
+    d = fig.details
+    if fig.key in ("ingest", "ledger_append"):
+        return (
+            f"batch p50 {d['batch_ms']['p50_ms']:.0f} ms, p99 {d['batch_ms']['p99_ms']:.0f} ms; "
+            f"{d['timed_rows']:,} rows"
+        )
+    if fig.key == "lookup":
+        lat, raw = d["latency"], d["baseline_latency"]
+        return (
+            f"p50 {lat['p50_ms'] * 1000:.0f} µs, p99 {lat['p99_ms'] * 1000:.0f} µs "
+            f"(raw p50 {raw['p50_ms'] * 1000:.0f} µs); {d['subjects']:,} subjects"
+        )
+    if fig.key == "http_lookup":
+        lk, hz = d["lookup"], d["healthz"]
+        return (
+            f"p50 {lk['p50_ms']:.1f} ms, p99 {lk['p99_ms']:.1f} ms, errors {lk['errors']}; "
+            f"healthz p50 {hz['p50_ms']:.1f}, p99 {hz['p99_ms']:.1f} ms, errors {hz['errors']}; "
+            f"server CPU {lk['server_cpu_cores_busy']:.2f} cores"
+        )
+    if fig.key == "proof_p50":
+        capped = f", {d['time_capped']}" if d["time_capped"] else ""
+        return (
+            f"{d['proofs_timed']} proofs{capped}, all verified vs signed root; "
+            f"service's SQL replayed on bare driver p50 "
+            f"{d['service_sql_replayed_bare_driver_latency']['p50_ms']:.2f} ms; "
+            f"tree built in {d['tree_build']['seconds']:.0f} s"
+        )
+    return ""
+
+
+def render(figures: list[Figure], console: Console) -> None:
+    table = Table(
+        title="consentgate benchmark",
+        caption="÷ base: value / baseline (rates: share of the raw rate; times: × raw time)",
+    )
+    for name in ("backend", "figure", "value", "baseline", "÷ base", "floor", "notes"):
+        table.add_column(name, overflow="fold")
+    for fig in figures:
+        if fig.skipped:
+            table.add_row(fig.backend, fig.title, fig.skipped, "", "", "", "")
+            continue
+        floor = ""
+        if fig.floor is not None:
+            sign = "≥" if fig.floor_kind == "min" else "≤"
+            mark = "[green]met[/]" if fig.met else "[red]MISSED[/]"
+            floor = f"{sign} {_fmt(fig.floor, fig.unit)} {mark}"
+        ratio = fig.ratio
+        table.add_row(
+            fig.backend,
+            fig.title,
+            _fmt(fig.value, fig.unit),
+            f"{_fmt(fig.baseline, fig.unit)}\n[dim]{fig.baseline_title}[/]",
+            "" if ratio is None else f"{ratio:.2f}×",
+            floor,
+            _notes(fig),
+        )
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    sizes, scale = _sizes(args)
+    phases = args.only.split(",") if args.only else list(PHASES)
+    unknown = set(phases) - set(PHASES)
+    if unknown:
+        raise SystemExit(f"unknown phases: {', '.join(sorted(unknown))}")
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if args.no_pg:
+        backends = [b for b in backends if b != "postgresql"]
+    profile_dir = args.output.parent / "profiles" if args.profile else None
+
+    machine = machine_info()
+    started = time.perf_counter()
+    runner = Runner(sizes, phases, profile_dir)
+    backend_info: dict[str, Any] = {}
+    for name in backends:
+        if name == "sqlite":
+            backend_info[name] = runner.sqlite()
+        elif name == "postgresql":
+            backend_info[name] = runner.postgresql()
+        else:
+            raise SystemExit(f"unknown backend {name!r}")
+    runtime = time.perf_counter() - started
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    render(runner.figures, console)
+    console.print(f"total runtime {runtime:.0f} s; results in {args.output}")
+    results = {
+        "machine": {**machine, "load_average_at_end": load_average()},
+        "run": {
+            "scale": scale,
+            "sizes": asdict(sizes),
+            "phases": phases,
+            "runtime_s": round(runtime, 1),
+            "phase_s": runner.timings,
+            "load_average_after_phase": runner.load,
+            "note": "2-core machine shared with other work: see the load averages",
+            "loopback_only": True,
+        },
+        "backends": backend_info,
+        "figures": [f.as_dict() for f in runner.figures],
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
