@@ -18,6 +18,9 @@ from consentgate.consent.receipts import ReceiptService
 from consentgate.consent.subjects import SubjectLinks
 from consentgate.crypto.keystore import KeyStore, LocalKeyStore
 from consentgate.domain.clock import Clock, SystemClock
+from consentgate.gate.cache import StateCache
+from consentgate.gate.gate import ConsentGate
+from consentgate.gate.notify import InvalidationListener, libpq_dsn
 from consentgate.ledger.store import LedgerStore
 from consentgate.storage.engine import build_engine, migrate
 from consentgate.tenants.service import TenantService
@@ -38,8 +41,20 @@ class App:
     cmp_settings: CmpSettings
     cmp_webhooks: CmpWebhookService
     receipts: ReceiptService
+    gate: ConsentGate
+    _listener: InvalidationListener | None = None
+
+    def start_background(self) -> None:
+        """What a long-running process needs beyond requests: on PostgreSQL, the listener
+        that evicts this process's consent cache when another process changes consent."""
+        if self.engine.dialect.name == "postgresql" and self._listener is None:
+            listener = InvalidationListener(libpq_dsn(self.engine), self.gate.cache)
+            object.__setattr__(self, "_listener", listener)
+            listener.start()
 
     def close(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
         self.engine.dispose()
 
 
@@ -70,6 +85,8 @@ def build(
         receipt_policy=cmp_settings.receipt_policy,
     )
     committer = GroupCommitter(ingest)
+    gate = ConsentGate(engine, clock, StateCache(settings.consent.gate_cache_seconds))
+    ingest.add_listener(gate.on_changes)
     adapters = {
         "generic": lambda _tenant, payload: generic.to_events(payload),
         "tcf": lambda tenant, payload: (
@@ -98,6 +115,7 @@ def build(
         cmp_webhooks=CmpWebhookService(
             engine, tenants, keystore, ingest, committer, clock, adapters
         ),
+        gate=gate,
         receipts=ReceiptService(
             engine, tenants, links, ledger, keystore, clock, settings.consent.public_url
         ),

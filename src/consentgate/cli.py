@@ -98,6 +98,7 @@ def serve(
     with _app() as app:
         if demo:
             _demo_tenant(app)
+        app.start_background()
         store = app.settings.storage.database_url.split("://", 1)[0]
         typer.echo(f"consentgate listening on http://{host}:{port} (store: {store})", err=True)
         uvicorn.run(create_app(app), host=host, port=port, log_level=log_level, access_log=True)

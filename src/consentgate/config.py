@@ -41,6 +41,7 @@ class ConsentSettings:
     max_batch: int = 1000
     log_origin_prefix: str = "consentgate.local/ledger"
     public_url: str = "http://127.0.0.1:8080"
+    gate_cache_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             future_skew_seconds=_int(env, "CONSENTGATE_FUTURE_SKEW_SECONDS", 300),
             log_origin_prefix=env.get("CONSENTGATE_LOG_ORIGIN_PREFIX", "consentgate.local/ledger"),
             public_url=env.get("CONSENTGATE_PUBLIC_URL", "http://127.0.0.1:8080").rstrip("/"),
+            gate_cache_seconds=float(env.get("CONSENTGATE_GATE_CACHE_SECONDS", "30")),
         ),
         server=ServerSettings(
             host=env.get("CONSENTGATE_HOST", "127.0.0.1"),

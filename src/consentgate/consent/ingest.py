@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, tuple_
+from sqlalchemy import Connection, Engine, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from consentgate.consent.cmp_settings import ReceiptPolicy
@@ -120,6 +120,7 @@ class IngestService:
         receipt_policy: Callable[[str], ReceiptPolicy] | None = None,
     ) -> None:
         self._receipt_policy = receipt_policy or (lambda _tenant: ReceiptPolicy())
+        self._listeners: list[Callable[[str, list[tuple[str, str]]], None]] = []
         self._engine = engine
         self._tenants = tenants
         self._links = links
@@ -231,6 +232,11 @@ class IngestService:
             tenant, [self.prepare(tenant, region, events, batch=batch, within=within)]
         )[0]
 
+    def add_listener(self, listener: Callable[[str, list[tuple[str, str]]], None]) -> None:
+        """Called after each commit with the (subject_ref, purpose) pairs whose state changed
+        (e.g. to evict the gate's cache before the request is acknowledged)."""
+        self._listeners.append(listener)
+
     def prepare(
         self,
         tenant: str,
@@ -314,6 +320,7 @@ class IngestService:
                 seen[c.source.consent_id] = (fingerprint, c.index)
                 fresh.append((c, leaf))
             hashes: list[bytes] = []
+            changed_keys: list[tuple[str, str]] = []
             if fresh:
                 new_leaves = [
                     NewLeaf(
@@ -331,7 +338,9 @@ class IngestService:
                     for c, leaf in fresh
                 ]
                 hashes, _ = self._ledger.append(conn, tenant, head, new_leaves, now_us)
-                self._update_state(conn, tenant, fresh, catalogue, now_us)
+                changed_keys = self._update_state(conn, tenant, fresh, catalogue, now_us)
+                if changed_keys and conn.dialect.name == "postgresql":
+                    notify_changes(conn, tenant, changed_keys)
             first_result: dict[str, IngestResult] = {}
             for (c, leaf), digest in zip(fresh, hashes, strict=True):
                 result = IngestResult(leaf.event_id, leaf.seq, c.hashed_id, b64(digest), True)
@@ -349,6 +358,9 @@ class IngestService:
             for request, answer in zip(requests, per_request, strict=True):
                 if request.within is not None:
                     request.within(conn, answer)
+        if changed_keys:
+            for listener in self._listeners:
+                listener(tenant, changed_keys)
         return per_request
 
     def _resolve_subjects(
@@ -408,7 +420,7 @@ class IngestService:
         fresh: list[tuple[_Checked, LeafEvent]],
         catalogue: dict[str, Purpose],
         now_us: int,
-    ) -> None:
+    ) -> list[tuple[str, str]]:
         pairs = sorted({(c.subject_ref, leaf.consent_type) for c, leaf in fresh})
         current: dict[tuple[str, str], StateEntry] = {}
         for start in range(0, len(pairs), 400):
@@ -432,6 +444,7 @@ class IngestService:
                 changed[key] = winner
         if changed:
             upsert_state(conn, tenant, changed, catalogue, now_us)
+        return sorted(changed)
 
 
 def upsert_state(
@@ -476,3 +489,27 @@ def upsert_state(
         },
     )
     conn.execute(stmt, rows)
+
+
+CONSENT_CHANNEL = "consentgate_consent"
+
+
+def notify_changes(conn: Connection, tenant: str, keys: list[tuple[str, str]]) -> None:
+    """PostgreSQL NOTIFY, delivered to every listening process when the transaction commits.
+    Payload lines are ``tenant subject_ref purpose`` (random refs: nothing personal), split
+    to stay under the 8000-byte payload limit."""
+    lines = [f"{tenant} {ref} {purpose}" for ref, purpose in keys]
+    chunk: list[str] = []
+    size = 0
+    for line in lines:
+        if size + len(line) + 1 > 7000:
+            conn.execute(
+                text("SELECT pg_notify(:c, :p)"), {"c": CONSENT_CHANNEL, "p": "\n".join(chunk)}
+            )
+            chunk, size = [], 0
+        chunk.append(line)
+        size += len(line) + 1
+    if chunk:
+        conn.execute(
+            text("SELECT pg_notify(:c, :p)"), {"c": CONSENT_CHANNEL, "p": "\n".join(chunk)}
+        )

@@ -1,0 +1,1 @@
+"""Delivery: device registry, templates and PII tokens, the planner, envelopes, providers."""

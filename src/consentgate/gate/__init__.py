@@ -1,0 +1,1 @@
+"""The gate: consent checks at the last responsible moment, fail-closed."""
