@@ -159,3 +159,69 @@ webhook_receipts = Table(
     Column("response", Text, nullable=False),
     Column("received_us", BigInteger, nullable=False),
 )
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), nullable=False),
+    Column("subject_ref", String(36), nullable=False),
+    Column("rcs", Boolean, nullable=False),
+    Column("native_e2ee", Boolean, nullable=False),
+    Column("key_kid", String(200), nullable=True),
+    Column("key_suite", String(64), nullable=True),
+    Column("public_key", LargeBinary, nullable=True),
+    Column("expires_us", BigInteger, nullable=True),
+    Column("created_us", BigInteger, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+    Column("revoked_us", BigInteger, nullable=True),
+    Index("ix_devices_subject", "tenant_id", "subject_ref"),
+)
+
+templates = Table(
+    "templates",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("rich_card", Text, nullable=True),
+    Column("sensitive", Boolean, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), nullable=False),
+    Column("idempotency_key", String(200), nullable=False),
+    Column("request_hash", LargeBinary(32), nullable=False),
+    Column("subject_ref", String(36), nullable=True),
+    Column("consent_type", String(64), nullable=False),
+    Column("template_id", String(36), nullable=False),
+    Column("campaign_id", String(36), nullable=True),
+    Column("action", String(16), nullable=False),
+    Column("mode", String(32), nullable=True),
+    Column("reason", String(32), nullable=True),
+    Column("device_kid", String(200), nullable=True),
+    Column("consent_seq", BigInteger, nullable=True),
+    Column("provider", String(32), nullable=True),
+    Column("provider_message_id", String(200), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+    UniqueConstraint("tenant_id", "idempotency_key", name="uq_messages_idempotency"),
+    Index("ix_messages_provider_id", "provider", "provider_message_id"),
+    Index("ix_messages_tenant_time", "tenant_id", "created_us"),
+)
+
+message_events = Table(
+    "message_events",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), nullable=False),
+    Column("message_id", String(36), ForeignKey("messages.id"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("at_us", BigInteger, nullable=False),
+)
