@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
+import httpx
 from sqlalchemy import Engine
 
 from consentgate.cmp import generic, mapped
@@ -17,6 +20,11 @@ from consentgate.consent.queries import ConsentQueries
 from consentgate.consent.receipts import ReceiptService
 from consentgate.consent.subjects import SubjectLinks
 from consentgate.crypto.keystore import KeyStore, LocalKeyStore
+from consentgate.delivery.messages import MessageService, Providers
+from consentgate.delivery.providers.push import PushProvider
+from consentgate.delivery.providers.rbm import RbmProvider
+from consentgate.delivery.providers.sms import SmsProvider
+from consentgate.delivery.registry import Registry
 from consentgate.domain.clock import Clock, SystemClock
 from consentgate.gate.cache import StateCache
 from consentgate.gate.gate import ConsentGate
@@ -42,6 +50,9 @@ class App:
     cmp_webhooks: CmpWebhookService
     receipts: ReceiptService
     gate: ConsentGate
+    registry: Registry
+    messages: MessageService
+    sandbox_secrets: dict[str, str]
     _listener: InvalidationListener | None = None
 
     def start_background(self) -> None:
@@ -85,6 +96,8 @@ def build(
         receipt_policy=cmp_settings.receipt_policy,
     )
     committer = GroupCommitter(ingest)
+    registry = Registry(engine, links, ledger, clock)
+    providers, sandbox_secrets = _providers(settings, clock)
     gate = ConsentGate(engine, clock, StateCache(settings.consent.gate_cache_seconds))
     ingest.add_listener(gate.on_changes)
     adapters = {
@@ -116,7 +129,58 @@ def build(
             engine, tenants, keystore, ingest, committer, clock, adapters
         ),
         gate=gate,
+        registry=registry,
+        messages=MessageService(
+            engine,
+            tenants,
+            links,
+            gate,
+            registry,
+            keystore,
+            providers,
+            clock,
+            settings.consent.public_url,
+        ),
+        sandbox_secrets=sandbox_secrets,
         receipts=ReceiptService(
             engine, tenants, links, ledger, keystore, clock, settings.consent.public_url
         ),
+    )
+
+
+def _providers(settings: Settings, clock: Clock) -> tuple[Providers, dict[str, str]]:
+    """The providers: the sandbox carrier unless configured otherwise. Its credentials are
+    random per process unless given (a worker process must share them with the server)."""
+    base = settings.consent.sandbox_url or f"{settings.consent.public_url}/sandbox"
+    env = os.environ
+    secrets_ = {
+        "rbm": env.get("CONSENTGATE_SANDBOX_RBM_TOKEN") or secrets.token_urlsafe(24),
+        "twilio": env.get("CONSENTGATE_SANDBOX_TWILIO_TOKEN") or secrets.token_urlsafe(24),
+    }
+    http = httpx.Client(timeout=httpx.Timeout(5.0, connect=2.0))
+    callbacks = f"{settings.consent.public_url}/v1/providers"
+    return (
+        Providers(
+            rcs=RbmProvider(
+                http,
+                base_url=f"{base}/rbm",
+                client_token=secrets_["rbm"],
+                access_token=env.get("CONSENTGATE_RBM_ACCESS_TOKEN") or secrets.token_urlsafe(16),
+                agent_id="consentgate",
+                carry_envelope=True,
+                clock=clock,
+            ),
+            sms=SmsProvider(
+                http,
+                base_url=f"{base}/twilio",
+                account_sid="ACsandbox",
+                auth_token=secrets_["twilio"],
+                from_number="+15005550006",
+                status_callback=f"{callbacks}/sms/callbacks",
+                callback_url=f"{callbacks}/sms/callbacks",
+                clock=clock,
+            ),
+            push=PushProvider(http, base_url=f"{base}/push"),
+        ),
+        secrets_,
     )

@@ -98,6 +98,9 @@ def serve(
     with _app() as app:
         if demo:
             _demo_tenant(app)
+        from consentgate.sandbox import redact_phone_numbers_in_access_log
+
+        redact_phone_numbers_in_access_log()  # sandbox carrier paths hold numbers
         app.start_background()
         store = app.settings.storage.database_url.split("://", 1)[0]
         typer.echo(f"consentgate listening on http://{host}:{port} (store: {store})", err=True)

@@ -42,6 +42,7 @@ class ConsentSettings:
     log_origin_prefix: str = "consentgate.local/ledger"
     public_url: str = "http://127.0.0.1:8080"
     gate_cache_seconds: float = 30.0
+    sandbox_url: str = ""  # default: <public_url>/sandbox
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             log_origin_prefix=env.get("CONSENTGATE_LOG_ORIGIN_PREFIX", "consentgate.local/ledger"),
             public_url=env.get("CONSENTGATE_PUBLIC_URL", "http://127.0.0.1:8080").rstrip("/"),
             gate_cache_seconds=float(env.get("CONSENTGATE_GATE_CACHE_SECONDS", "30")),
+            sandbox_url=env.get("CONSENTGATE_SANDBOX_URL", "").rstrip("/"),
         ),
         server=ServerSettings(
             host=env.get("CONSENTGATE_HOST", "127.0.0.1"),

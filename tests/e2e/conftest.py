@@ -47,6 +47,8 @@ class Server:
 
 def _start(env: dict[str, str], log: Path) -> Server:
     port = pg.free_port()
+    # The sandbox carrier is served by the same process and called back over HTTP.
+    env = {**env, "CONSENTGATE_PUBLIC_URL": f"http://127.0.0.1:{port}"}
     with open(log, "ab") as out:
         process = subprocess.Popen(
             [str(BIN), "serve", "--host", "127.0.0.1", "--port", str(port)],

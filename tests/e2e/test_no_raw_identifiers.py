@@ -75,6 +75,35 @@ def test_no_raw_identifier_reaches_disk_or_logs(
                 },
             )
             assert r.status_code == 201, r.text
+        # Messages through the sandbox carrier: numbers travel to the provider in memory only.
+        sandbox = f"{server.url}/sandbox"
+        httpx.put(
+            f"{sandbox}/devices",
+            json={
+                "devices": [
+                    {"phone": PHONES[0], "rcs": True, "native_e2ee": True},
+                    {"phone": PHONES[1], "rcs": True, "native_e2ee": False},
+                ]
+            },
+            timeout=10,
+        )
+        template = http.post(
+            "/v1/templates", json={"name": "t", "text": "Hi {{name}}, news for you"}
+        ).json()["template_id"]
+        for i, phone in enumerate(PHONES):
+            r = http.post(
+                "/v1/messages",
+                json={
+                    "to": phone,
+                    "consent_type": "marketing_rcs",
+                    "template_id": template,
+                    "variables": {"name": "Zebedee"},
+                    "idempotency_key": f"m-{i}",
+                },
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["decision"]["action"] in ("sent", "fallback")
+        assert len(httpx.get(f"{sandbox}/messages", timeout=10).json()["messages"]) == len(PHONES)
         for phone in REJECTED:
             r = http.post(
                 "/v1/consent-events",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import httpx
 from fastapi import FastAPI
 
 from consentgate import __version__
 from consentgate.api import problems
 from consentgate.api.limits import BodyLimit
-from consentgate.api.routers import cmp, consent, health, ledger, receipts
+from consentgate.api.routers import cmp, consent, delivery, health, ledger, receipts
 from consentgate.bootstrap import App
+from consentgate.sandbox import create_sandbox
 
 
 def create_app(core: App) -> FastAPI:
@@ -27,5 +29,17 @@ def create_app(core: App) -> FastAPI:
     app.include_router(ledger.router)
     app.include_router(receipts.router)
     app.include_router(cmp.router)
+    app.include_router(delivery.router)
+    if not core.settings.consent.sandbox_url:
+        # The sandbox carrier is the default provider: serve it here, at /sandbox.
+        app.mount(
+            "/sandbox",
+            create_sandbox(
+                f"{core.settings.consent.public_url}/v1/providers/rbm/callbacks",
+                core.sandbox_secrets["rbm"],
+                core.sandbox_secrets["twilio"],
+                http=httpx.Client(timeout=5.0),
+            ),
+        )
     app.add_middleware(BodyLimit, max_bytes=core.settings.server.max_body_bytes)
     return app

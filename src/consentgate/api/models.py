@@ -134,3 +134,51 @@ class ReceiptOut(BaseModel):
 class ConsentTokenOut(BaseModel):
     token: str
     expires_at: int
+
+
+class DeviceRegistrationIn(_Strict):
+    phone: str | None = None
+    hashed_id: str | None = None
+    rcs: bool
+    native_e2ee: bool = False
+    app_key: dict[str, Any] | None = Field(
+        None, description="Public JWK: X25519 (kty OKP) or the ML-KEM-768+X25519 hybrid, with kid"
+    )
+    expires_at: str | None = Field(None, description="RFC 3339; the key is not used after it")
+
+
+class DeviceRegistrationOut(BaseModel):
+    device_id: str
+
+
+class TemplateIn(_Strict):
+    name: str = Field(min_length=1, max_length=100)
+    text: str = Field(min_length=1, max_length=2000)
+    rich_card: dict[str, Any] | None = None
+    sensitive: bool = False
+
+
+class TemplateOut(BaseModel):
+    template_id: str
+
+
+class MessageIn(_Strict):
+    to: str = Field(description="Raw phone number; used in memory only")
+    consent_type: str = Field(min_length=1, max_length=64)
+    template_id: str = Field(min_length=1, max_length=36)
+    variables: dict[str, str] = Field(default_factory=dict)
+    idempotency_key: str = Field(min_length=1, max_length=200)
+
+
+class DecisionOut(BaseModel):
+    action: Literal["sent", "skipped", "fallback"]
+    mode: str | None
+    reason: str | None
+
+
+class MessageOut(BaseModel):
+    message_id: str
+    decision: DecisionOut
+    device_kid: str | None
+    consent_seq: int | None
+    status: str

@@ -1,0 +1,349 @@
+"""One message, end to end: idempotency, the consent gate, the plan, the envelope, the send.
+
+The raw number lives only in this call's memory (for the provider); the stored decision
+names the subject by ``subject_ref`` and records its mode, reason, device key id and the
+ledger ``seq`` of the consent leaf that allowed it. A row is claimed under the idempotency key
+*before* anything is sent, so a retried or concurrent request never sends twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from consentgate.consent.subjects import HashedIdentifier, SubjectLinks
+from consentgate.crypto.envelope import seal
+from consentgate.crypto.keystore import KeyStore
+from consentgate.delivery.planner import (
+    CapabilityReport,
+    ConsentCheck,
+    ConsentInForce,
+    ConsentRefused,
+    DeliveryMode,
+    SendDecision,
+    plan,
+)
+from consentgate.delivery.providers.base import (
+    OutboundMessage,
+    Provider,
+    ProviderError,
+    ProviderRejected,
+)
+from consentgate.delivery.registry import Registry
+from consentgate.delivery.templates import Template, redact, render, secure_link_text
+from consentgate.domain.clock import Clock
+from consentgate.domain.identity import Identifier
+from consentgate.domain.reasons import ReasonCode
+from consentgate.domain.timeutil import to_micros
+from consentgate.errors import Conflict, InvalidInput, NotFound
+from consentgate.gate.gate import ConsentGate
+from consentgate.storage.engine import read_tx, write_tx
+from consentgate.storage.tables import messages
+from consentgate.tenants.service import TenantService
+
+ENVELOPE_TTL = timedelta(days=7)
+TEASER = "You have a new secure message."
+
+
+@dataclass(frozen=True, slots=True)
+class Providers:
+    rcs: Provider
+    sms: Provider
+    push: Provider
+
+
+def _response(row: Any) -> dict[str, Any]:
+    return {
+        "message_id": row.id,
+        "decision": {"action": row.action, "mode": row.mode, "reason": row.reason},
+        "device_kid": row.device_kid,
+        "consent_seq": row.consent_seq,
+        "status": row.status,
+    }
+
+
+class MessageService:
+    def __init__(
+        self,
+        engine: Engine,
+        tenants: TenantService,
+        links: SubjectLinks,
+        gate: ConsentGate,
+        registry: Registry,
+        keystore: KeyStore,
+        providers: Providers,
+        clock: Clock,
+        public_url: str,
+    ) -> None:
+        self._engine = engine
+        self._tenants = tenants
+        self._links = links
+        self._gate = gate
+        self._registry = registry
+        self._keys = keystore
+        self._providers = providers
+        self._clock = clock
+        # Links are always https (a link in clear text must not invite a downgrade). The
+        # authenticated landing page behind them is not part of this service yet.
+        self._link_base = "https://" + public_url.split("://", 1)[-1]
+
+    def send(
+        self,
+        tenant: str,
+        to: Identifier,
+        consent_type: str,
+        template_id: str,
+        variables: dict[str, Any],
+        idempotency_key: str,
+    ) -> dict[str, Any]:
+        if consent_type not in self._tenants.catalogue(tenant):
+            raise InvalidInput("unknown consent_type", field="consent_type")
+        try:
+            template = self._registry.template(tenant, template_id)
+        except NotFound:
+            raise InvalidInput("template_id names no template", field="template_id") from None
+        hashed = self._links.hash_identifier(tenant, to)
+        request_hash = hashlib.sha256(
+            json.dumps(
+                [hashed.current, consent_type, template_id, variables], sort_keys=True, default=str
+            ).encode()
+        ).digest()
+        message_id = str(uuid.uuid4())
+        now_us = to_micros(self._clock.now())
+        existing = self._claim(
+            tenant, idempotency_key, request_hash, message_id, consent_type, template_id, now_us
+        )
+        if existing is not None:
+            return existing
+        try:
+            return self._decide_and_send(
+                tenant, message_id, to, hashed, consent_type, template, variables
+            )
+        except BaseException:
+            # Nothing left this process (a send failure is an answer, not an exception):
+            # release the idempotency key so the caller can retry.
+            with write_tx(self._engine) as conn:
+                conn.execute(
+                    delete(messages).where(
+                        messages.c.id == message_id, messages.c.status == "pending"
+                    )
+                )
+            raise
+
+    def _decide_and_send(
+        self,
+        tenant: str,
+        message_id: str,
+        to: Identifier,
+        hashed: HashedIdentifier,
+        consent_type: str,
+        template: Template,
+        variables: dict[str, Any],
+    ) -> dict[str, Any]:
+        with read_tx(self._engine) as conn:
+            found = self._links.find(conn, tenant, hashed)
+        ref = None if found is None else found[0]
+        consent: ConsentCheck = ConsentRefused(ReasonCode.NO_CONSENT)
+        if ref is not None:
+            verdict = self._gate.check(tenant, ref, consent_type)
+            if verdict.allowed and verdict.consent_seq is not None:
+                consent = ConsentInForce(verdict.consent_seq)
+            elif verdict.reason is not None:
+                consent = ConsentRefused(verdict.reason)
+        if isinstance(consent, ConsentRefused):
+            decision = plan(
+                consent,
+                sensitive=template.sensitive,
+                capabilities=CapabilityReport.unavailable(),
+                device=None,
+                now=self._clock.now(),
+            )
+            return self._finish(tenant, message_id, ref, decision, None, None, "skipped", None)
+        try:
+            caps = self._providers.rcs.capabilities(to.value)
+            report = CapabilityReport(caps.rcs, caps.native_e2ee)
+        except ProviderError:
+            report = CapabilityReport.unavailable()
+        record = self._registry.device_for(tenant, ref) if ref is not None else None
+        now = self._clock.now()
+        decision = plan(
+            consent,
+            sensitive=template.sensitive,
+            capabilities=report,
+            device=None if record is None else record.device,
+            now=now,
+        )
+        outbound, provider = self._outbound(
+            tenant,
+            message_id,
+            to,
+            template,
+            variables,
+            decision,
+            record,
+            report,
+            int(now.timestamp()),
+        )
+        try:
+            receipt = provider.send(outbound)
+        except ProviderError as exc:
+            reason = (
+                ReasonCode.PROVIDER_REJECTED
+                if isinstance(exc, ProviderRejected)
+                else ReasonCode.PROVIDER_UNAVAILABLE
+            )
+            return self._finish(
+                tenant, message_id, ref, decision, provider.name, None, "failed", reason
+            )
+        return self._finish(
+            tenant,
+            message_id,
+            ref,
+            decision,
+            provider.name,
+            receipt.provider_message_id,
+            "sent",
+            None,
+        )
+
+    def _outbound(
+        self,
+        tenant: str,
+        message_id: str,
+        to: Identifier,
+        template: Template,
+        variables: dict[str, Any],
+        decision: SendDecision,
+        record: Any,
+        report: CapabilityReport,
+        now: int,
+    ) -> tuple[OutboundMessage, Provider]:
+        mode = decision.mode
+        content = {k: v for k, v in render(template, variables).items() if v is not None}
+        if mode is DeliveryMode.NATIVE_E2EE:
+            text = str(content["text"])
+            return OutboundMessage(
+                message_id, to.value, "rcs", text=text, e2ee=True
+            ), self._providers.rcs
+        if mode in (DeliveryMode.APP_LAYER, DeliveryMode.IN_APP):
+            if record is None or record.public_key is None or decision.suite is None:
+                raise RuntimeError("a sealed mode was planned without a device key")
+            envelope = seal(
+                content,
+                recipient_public=record.public_key,
+                suite=decision.suite,
+                kid=str(decision.device_kid),
+                tenant=tenant,
+                message_id=message_id,
+                template_id=template.template_id,
+                exp=now + int(ENVELOPE_TTL.total_seconds()),
+                sign=lambda data: self._keys.sign(tenant, data).signature,
+            )
+            if mode is DeliveryMode.APP_LAYER:
+                return (
+                    OutboundMessage(message_id, to.value, "rcs", text=TEASER, envelope=envelope),
+                    self._providers.rcs,
+                )
+            return (
+                OutboundMessage(
+                    message_id, to.value, "push", envelope=envelope, device_kid=decision.device_kid
+                ),
+                self._providers.push,
+            )
+        # Fallbacks carry a link to an authenticated landing page, never the content.
+        link = f"{self._link_base}/m/{secrets.token_urlsafe(24)}"
+        text = (
+            secure_link_text(link) if mode is DeliveryMode.SECURE_LINK else redact(template, link)
+        )
+        if report.rcs:
+            return OutboundMessage(
+                message_id, to.value, "rcs", text=text, link=link
+            ), self._providers.rcs
+        return OutboundMessage(
+            message_id, to.value, "sms", text=text, link=link
+        ), self._providers.sms
+
+    def _claim(
+        self,
+        tenant: str,
+        key: str,
+        request_hash: bytes,
+        message_id: str,
+        consent_type: str,
+        template_id: str,
+        now_us: int,
+    ) -> dict[str, Any] | None:
+        """Take the idempotency key, or return the answer already given under it."""
+        try:
+            with write_tx(self._engine) as conn:
+                conn.execute(
+                    insert(messages).values(
+                        id=message_id,
+                        tenant_id=tenant,
+                        idempotency_key=key,
+                        request_hash=request_hash,
+                        consent_type=consent_type,
+                        template_id=template_id,
+                        action="pending",
+                        status="pending",
+                        created_us=now_us,
+                        updated_us=now_us,
+                    )
+                )
+            return None
+        except IntegrityError:
+            pass
+        with read_tx(self._engine) as conn:
+            row = conn.execute(
+                select(messages).where(
+                    messages.c.tenant_id == tenant, messages.c.idempotency_key == key
+                )
+            ).one()
+        if bytes(row.request_hash) != request_hash:
+            raise Conflict("idempotency_key was used for another message", field="idempotency_key")
+        if row.status == "pending":
+            raise Conflict(
+                "a message with this idempotency_key is being sent", field="idempotency_key"
+            )
+        return _response(row)
+
+    def _finish(
+        self,
+        tenant: str,
+        message_id: str,
+        ref: str | None,
+        decision: SendDecision,
+        provider: str | None,
+        provider_message_id: str | None,
+        status: str,
+        failure: ReasonCode | None,
+    ) -> dict[str, Any]:
+        action = "skipped" if failure is not None else decision.action.value
+        reason = failure or decision.reason
+        with write_tx(self._engine) as conn:
+            conn.execute(
+                update(messages)
+                .where(messages.c.tenant_id == tenant, messages.c.id == message_id)
+                .values(
+                    subject_ref=ref,
+                    action=action,
+                    mode=None if decision.mode is None else decision.mode.value,
+                    reason=None if reason is None else reason.value,
+                    device_kid=decision.device_kid,
+                    consent_seq=decision.consent_seq,
+                    provider=provider,
+                    provider_message_id=provider_message_id,
+                    status=status,
+                    updated_us=to_micros(self._clock.now()),
+                )
+            )
+            row = conn.execute(select(messages).where(messages.c.id == message_id)).one()
+        return _response(row)
