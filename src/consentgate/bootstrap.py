@@ -20,11 +20,13 @@ from consentgate.consent.queries import ConsentQueries
 from consentgate.consent.receipts import ReceiptService
 from consentgate.consent.subjects import SubjectLinks
 from consentgate.crypto.keystore import KeyStore, LocalKeyStore
+from consentgate.delivery.campaigns import CampaignService
 from consentgate.delivery.messages import MessageService, Providers
 from consentgate.delivery.providers.push import PushProvider
 from consentgate.delivery.providers.rbm import RbmProvider
 from consentgate.delivery.providers.sms import SmsProvider
 from consentgate.delivery.registry import Registry
+from consentgate.delivery.worker import DispatchWorker
 from consentgate.domain.clock import Clock, SystemClock
 from consentgate.gate.cache import StateCache
 from consentgate.gate.gate import ConsentGate
@@ -52,18 +54,27 @@ class App:
     gate: ConsentGate
     registry: Registry
     messages: MessageService
+    campaigns: CampaignService
     sandbox_secrets: dict[str, str]
     _listener: InvalidationListener | None = None
+    _worker: DispatchWorker | None = None
 
-    def start_background(self) -> None:
+    def start_background(self, *, workers: bool = True) -> None:
         """What a long-running process needs beyond requests: on PostgreSQL, the listener
-        that evicts this process's consent cache when another process changes consent."""
+        that evicts this process's consent cache when another process changes consent; and,
+        unless ``workers`` is False, the dispatch worker."""
         if self.engine.dialect.name == "postgresql" and self._listener is None:
             listener = InvalidationListener(libpq_dsn(self.engine), self.gate.cache)
             object.__setattr__(self, "_listener", listener)
             listener.start()
+        if workers and self._worker is None:
+            worker = DispatchWorker(self.campaigns)
+            object.__setattr__(self, "_worker", worker)
+            worker.start()
 
     def close(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
         if self._listener is not None:
             self._listener.stop()
         self.engine.dispose()
@@ -96,10 +107,21 @@ def build(
         receipt_policy=cmp_settings.receipt_policy,
     )
     committer = GroupCommitter(ingest)
-    registry = Registry(engine, links, ledger, clock)
-    providers, sandbox_secrets = _providers(settings, clock)
     gate = ConsentGate(engine, clock, StateCache(settings.consent.gate_cache_seconds))
     ingest.add_listener(gate.on_changes)
+    registry = Registry(engine, links, ledger, clock)
+    providers, sandbox_secrets = _providers(settings, clock)
+    messages = MessageService(
+        engine,
+        tenants,
+        links,
+        gate,
+        registry,
+        keystore,
+        providers,
+        clock,
+        settings.consent.public_url,
+    )
     adapters = {
         "generic": lambda _tenant, payload: generic.to_events(payload),
         "tcf": lambda tenant, payload: (
@@ -130,16 +152,9 @@ def build(
         ),
         gate=gate,
         registry=registry,
-        messages=MessageService(
-            engine,
-            tenants,
-            links,
-            gate,
-            registry,
-            keystore,
-            providers,
-            clock,
-            settings.consent.public_url,
+        messages=messages,
+        campaigns=CampaignService(
+            engine, tenants, links, gate, registry, messages, keystore, clock
         ),
         sandbox_secrets=sandbox_secrets,
         receipts=ReceiptService(

@@ -101,7 +101,7 @@ def serve(
         from consentgate.sandbox import redact_phone_numbers_in_access_log
 
         redact_phone_numbers_in_access_log()  # sandbox carrier paths hold numbers
-        app.start_background()
+        app.start_background(workers=not no_workers)
         store = app.settings.storage.database_url.split("://", 1)[0]
         typer.echo(f"consentgate listening on http://{host}:{port} (store: {store})", err=True)
         uvicorn.run(create_app(app), host=host, port=port, log_level=log_level, access_log=True)

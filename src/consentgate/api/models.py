@@ -182,3 +182,18 @@ class MessageOut(BaseModel):
     device_kid: str | None
     consent_seq: int | None
     status: str
+
+
+class CampaignIn(_Strict):
+    template_id: str = Field(min_length=1, max_length=36)
+    consent_type: str = Field(min_length=1, max_length=64)
+
+
+class CampaignOut(BaseModel):
+    campaign_id: str
+    status: str
+    total: int
+    sent: int
+    skipped: int
+    fallback: int
+    by_reason: dict[str, int]

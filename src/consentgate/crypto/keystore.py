@@ -89,6 +89,12 @@ class KeyStore(Protocol):
         """Add a new current key of ``kind``; return its version or kid."""
         ...
 
+    def wrap_data_key(self, tenant: str, key: bytes, context: str) -> bytes:
+        """Wrap a data key (e.g. one message's) so only this store can unwrap it."""
+        ...
+
+    def unwrap_data_key(self, tenant: str, wrapped: bytes, context: str) -> bytes: ...
+
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -308,3 +314,15 @@ class LocalKeyStore:
             ident, _ = self._new_entry(tenant, kind, doc)
             self._write(tenant, doc)
         return ident
+
+    def wrap_data_key(self, tenant: str, key: bytes, context: str) -> bytes:
+        nonce = secrets.token_bytes(12)
+        return nonce + self._aead.encrypt(nonce, key, self._aad(tenant, "data-key", context))
+
+    def unwrap_data_key(self, tenant: str, wrapped: bytes, context: str) -> bytes:
+        try:
+            return self._aead.decrypt(
+                wrapped[:12], wrapped[12:], self._aad(tenant, "data-key", context)
+            )
+        except InvalidTag:
+            raise KeyStoreError("could not unwrap a data key") from None

@@ -50,6 +50,7 @@ from consentgate.storage.tables import messages
 from consentgate.tenants.service import TenantService
 
 ENVELOPE_TTL = timedelta(days=7)
+STALE_CLAIM_US = 60_000_000  # a pending claim this old belongs to a worker that died
 TEASER = "You have a new secure message."
 
 
@@ -95,6 +96,11 @@ class MessageService:
         # authenticated landing page behind them is not part of this service yet.
         self._link_base = "https://" + public_url.split("://", 1)[-1]
 
+    @property
+    def providers(self) -> Providers:
+        """The providers messages go out through (read-only; callbacks come back to them)."""
+        return self._providers
+
     def send(
         self,
         tenant: str,
@@ -103,7 +109,13 @@ class MessageService:
         template_id: str,
         variables: dict[str, Any],
         idempotency_key: str,
+        *,
+        campaign_id: str | None = None,
+        retry_unavailable: bool = False,
     ) -> dict[str, Any]:
+        """Decide and send one message. ``retry_unavailable``: a message that failed only
+        because the provider was unavailable is tried again (same message id, so the
+        provider de-duplicates); otherwise the stored answer is returned."""
         if consent_type not in self._tenants.catalogue(tenant):
             raise InvalidInput("unknown consent_type", field="consent_type")
         try:
@@ -116,20 +128,28 @@ class MessageService:
                 [hashed.current, consent_type, template_id, variables], sort_keys=True, default=str
             ).encode()
         ).digest()
-        message_id = str(uuid.uuid4())
         now_us = to_micros(self._clock.now())
-        existing = self._claim(
-            tenant, idempotency_key, request_hash, message_id, consent_type, template_id, now_us
+        message_id, existing = self._claim(
+            tenant,
+            idempotency_key,
+            request_hash,
+            consent_type,
+            template_id,
+            campaign_id,
+            now_us,
+            retry_unavailable,
         )
         if existing is not None:
             return existing
+        handed_over: list[bool] = []  # set once the provider has been called
         try:
             return self._decide_and_send(
-                tenant, message_id, to, hashed, consent_type, template, variables
+                tenant, message_id, to, hashed, consent_type, template, variables, handed_over
             )
         except BaseException:
-            # Nothing left this process (a send failure is an answer, not an exception):
-            # release the idempotency key so the caller can retry.
+            if handed_over:
+                raise  # the provider may have it: keep the claim (taken over once stale)
+            # Nothing left this process: release the idempotency key so the caller can retry.
             with write_tx(self._engine) as conn:
                 conn.execute(
                     delete(messages).where(
@@ -147,6 +167,7 @@ class MessageService:
         consent_type: str,
         template: Template,
         variables: dict[str, Any],
+        handed_over: list[bool],
     ) -> dict[str, Any]:
         with read_tx(self._engine) as conn:
             found = self._links.find(conn, tenant, hashed)
@@ -192,6 +213,7 @@ class MessageService:
             report,
             int(now.timestamp()),
         )
+        handed_over.append(True)
         try:
             receipt = provider.send(outbound)
         except ProviderError as exc:
@@ -276,12 +298,16 @@ class MessageService:
         tenant: str,
         key: str,
         request_hash: bytes,
-        message_id: str,
         consent_type: str,
         template_id: str,
+        campaign_id: str | None,
         now_us: int,
-    ) -> dict[str, Any] | None:
-        """Take the idempotency key, or return the answer already given under it."""
+        retry_unavailable: bool,
+    ) -> tuple[str, dict[str, Any] | None]:
+        """Take the idempotency key: (message_id to send under, None), or (id, the answer
+        already given). A claim left pending by a crashed worker is taken over after
+        ``STALE_CLAIM``; the same message id is reused, so the provider de-duplicates."""
+        message_id = str(uuid.uuid4())
         try:
             with write_tx(self._engine) as conn:
                 conn.execute(
@@ -292,13 +318,14 @@ class MessageService:
                         request_hash=request_hash,
                         consent_type=consent_type,
                         template_id=template_id,
+                        campaign_id=campaign_id,
                         action="pending",
                         status="pending",
                         created_us=now_us,
                         updated_us=now_us,
                     )
                 )
-            return None
+            return message_id, None
         except IntegrityError:
             pass
         with read_tx(self._engine) as conn:
@@ -309,11 +336,30 @@ class MessageService:
             ).one()
         if bytes(row.request_hash) != request_hash:
             raise Conflict("idempotency_key was used for another message", field="idempotency_key")
+        stale = row.status == "pending" and row.updated_us < now_us - STALE_CLAIM_US
+        retry = (
+            retry_unavailable
+            and row.status == "failed"
+            and row.reason == ReasonCode.PROVIDER_UNAVAILABLE.value
+        )
+        if stale or retry:
+            with write_tx(self._engine) as conn:
+                taken = conn.execute(
+                    update(messages)
+                    .where(
+                        messages.c.id == row.id,
+                        messages.c.status == row.status,
+                        messages.c.updated_us == row.updated_us,
+                    )
+                    .values(status="pending", updated_us=now_us)
+                ).rowcount
+            if taken == 1:
+                return str(row.id), None
         if row.status == "pending":
             raise Conflict(
                 "a message with this idempotency_key is being sent", field="idempotency_key"
             )
-        return _response(row)
+        return str(row.id), _response(row)
 
     def _finish(
         self,

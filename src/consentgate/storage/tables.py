@@ -225,3 +225,38 @@ message_events = Table(
     Column("kind", String(16), nullable=False),
     Column("at_us", BigInteger, nullable=False),
 )
+
+campaigns = Table(
+    "campaigns",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), nullable=False),
+    Column("template_id", String(36), nullable=False),
+    Column("consent_type", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("total", BigInteger, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+)
+
+# The dispatch queue. state: pending (uploaded) → queued | skipped (pre-filter) → claimed
+# (a worker holds it until due_us, its lease) → done. ``sealed``/``wrapped_key`` hold the
+# number, encrypted, until done.
+campaign_recipients = Table(
+    "campaign_recipients",
+    metadata,
+    Column("campaign_id", String(36), ForeignKey("campaigns.id"), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), nullable=False),
+    Column("hashed_id", String(64), nullable=False),
+    Column("sealed", LargeBinary, nullable=True),
+    Column("wrapped_key", LargeBinary, nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("action", String(16), nullable=True),
+    Column("mode", String(32), nullable=True),
+    Column("reason", String(32), nullable=True),
+    Column("message_id", String(36), nullable=True),
+    Column("attempts", Integer, nullable=False),
+    Column("due_us", BigInteger, nullable=False),
+    Index("ix_recipients_due", "state", "due_us"),
+)

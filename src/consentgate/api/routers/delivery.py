@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from typing import Annotated, Any
 
+import anyio.from_thread
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from consentgate.api.deps import get_app, json_body, parse, require
 from consentgate.api.models import (
+    CampaignIn,
+    CampaignOut,
     DeviceRegistrationIn,
     DeviceRegistrationOut,
     MessageIn,
@@ -104,3 +108,52 @@ async def send_message(request: Request, principal: Sender) -> Any:
         dict(body.variables),
         body.idempotency_key,
     )
+
+
+@router.post("/campaigns", status_code=201, response_model=CampaignOut)
+async def create_campaign(request: Request, principal: Sender) -> Any:
+    """A draft campaign for one template and purpose."""
+    body = parse(CampaignIn, await json_body(request))
+    app = get_app(request)
+    campaign_id = await run_in_threadpool(
+        app.campaigns.create, principal.tenant, body.template_id, body.consent_type
+    )
+    return await run_in_threadpool(app.campaigns.status, principal.tenant, campaign_id)
+
+
+@router.put("/campaigns/{campaign_id}/audience")
+async def put_audience(campaign_id: str, request: Request, principal: Sender) -> Any:
+    """The audience, streamed: CSV with a `phone` column (`text/csv`) or NDJSON
+    (`application/x-ndjson`, one `{"phone": ...}` per line). Numbers are hashed for the
+    pre-filter and stored only encrypted; nothing is buffered whole in memory or on disk."""
+    app = get_app(request)
+    stream = request.stream()
+
+    def chunks() -> Iterator[bytes]:
+        while True:
+            try:
+                yield anyio.from_thread.run(stream.__anext__)
+            except StopAsyncIteration:
+                return
+
+    return await run_in_threadpool(
+        app.campaigns.upload,
+        principal.tenant,
+        principal.region,
+        campaign_id,
+        chunks(),
+        request.headers.get("content-type", "text/csv"),
+    )
+
+
+@router.post("/campaigns/{campaign_id}/send", response_model=CampaignOut)
+def send_campaign(campaign_id: str, request: Request, principal: Sender) -> Any:
+    """Pre-filter the audience (one set-based query) and queue the rest for dispatch, where
+    consent is checked again at send time."""
+    return get_app(request).campaigns.send(principal.tenant, campaign_id)
+
+
+@router.get("/campaigns/{campaign_id}", response_model=CampaignOut)
+def get_campaign(campaign_id: str, request: Request, principal: Sender) -> Any:
+    """Progress and counts by action and reason."""
+    return get_app(request).campaigns.status(principal.tenant, campaign_id)
