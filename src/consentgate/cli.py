@@ -247,6 +247,14 @@ def receipt_verify(
     )
 
 
+@cli.command()
+def demo() -> None:
+    """An end-to-end scenario against the sandbox carrier (throwaway data, loopback only)."""
+    from consentgate import demo as scenario
+
+    scenario.run()
+
+
 def main() -> None:
     cli()
 
