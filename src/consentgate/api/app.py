@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from consentgate import __version__
 from consentgate.api import problems
 from consentgate.api.limits import BodyLimit
-from consentgate.api.routers import cmp, consent, delivery, health, ledger, receipts
+from consentgate.api.routers import callbacks, cmp, consent, delivery, health, ledger, receipts
 from consentgate.bootstrap import App
 from consentgate.sandbox import create_sandbox
 
@@ -30,6 +30,7 @@ def create_app(core: App) -> FastAPI:
     app.include_router(receipts.router)
     app.include_router(cmp.router)
     app.include_router(delivery.router)
+    app.include_router(callbacks.router)
     if not core.settings.consent.sandbox_url:
         # The sandbox carrier is the default provider: serve it here, at /sandbox.
         app.mount(
