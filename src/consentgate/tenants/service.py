@@ -87,6 +87,7 @@ class TenantService:
         self._cache_seconds = cache_seconds
         self._principals: dict[str, tuple[float, Principal]] = {}
         self._catalogues: dict[str, tuple[float, dict[str, Purpose]]] = {}
+        self._profiles: dict[str, tuple[float, tuple[bool, str | None]]] = {}
         self._engine = engine
         self._keys = keystore
         self._ledger = ledger
@@ -198,16 +199,24 @@ class TenantService:
         self._catalogues[tenant] = (now, purposes_)
         return purposes_
 
-    def exists(self, name: str) -> bool:
+    def _profile(self, name: str) -> tuple[bool, str | None]:
+        """(exists, region), cached: tenants are never deleted and regions rarely change."""
+        cached = self._profiles.get(name)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < self._cache_seconds:
+            return cached[1]
         with read_tx(self._engine) as conn:
-            return (
-                conn.execute(select(tenants.c.id).where(tenants.c.id == name)).first() is not None
-            )
+            row = conn.execute(select(tenants.c.region).where(tenants.c.id == name)).one_or_none()
+        profile = (row is not None, None if row is None or row.region is None else str(row.region))
+        if profile[0]:
+            self._profiles[name] = (now, profile)
+        return profile
+
+    def exists(self, name: str) -> bool:
+        return self._profile(name)[0]
 
     def region(self, name: str) -> str | None:
-        with read_tx(self._engine) as conn:
-            region = conn.execute(select(tenants.c.region).where(tenants.c.id == name)).scalar()
-        return None if region is None else str(region)
+        return self._profile(name)[1]
 
     def any_tenant(self) -> bool:
         with read_tx(self._engine) as conn:
