@@ -75,7 +75,7 @@ class ReceiptService:
         check_hashed_id(hashed_id)
         now = self._clock.now()
         with read_tx(self._engine) as conn:
-            catalogue = self._tenants.purposes(conn, tenant)
+            catalogue = self._tenants.catalogue(tenant)
             if consent_type not in catalogue:
                 raise InvalidInput("unknown consent_type", field="consent_type")
             ref = self._links.resolve_hashed(conn, tenant, hashed_id)
@@ -165,7 +165,7 @@ class ReceiptService:
             raise InvalidInput("ttl_seconds must be 1-900", field="ttl_seconds")
         now = self._clock.now()
         with read_tx(self._engine) as conn:
-            catalogue = self._tenants.purposes(conn, tenant)
+            catalogue = self._tenants.catalogue(tenant)
             if consent_type not in catalogue:
                 raise InvalidInput("unknown consent_type", field="consent_type")
             if isinstance(subject, str):
