@@ -26,6 +26,19 @@ class Sizes:
     proof_warmup: int = 10
     proof_seconds: float = 30.0  # time cap on the timed service proofs (count is recorded)
     proof_diag: int = 10  # proofs re-run with the service's SQL through the bare driver
+    webhook_workers: int = 8  # concurrent client processes, one delivery in flight each
+    webhook_batch: int = 50  # events per delivery in the batched variant
+    webhook_seconds: float = 5.0
+    webhook_warmup_seconds: float = 1.0
+    webhook_max_deliveries: int = 100_000  # per worker and variant
+    webhook_phones: int = 10_000  # distinct subjects the deliveries cycle through
+    webhook_baseline_events: int = 30_000  # cap on the in-process replay (count is recorded)
+    receipt_subjects: int = 5_000
+    receipts: int = 3_000
+    receipt_warmup: int = 200
+    receipt_seconds: float = 5.0  # time cap on the timed receipts (count is recorded)
+    tcf_seconds: float = 2.5  # per string kind and per path (decoder, baseline)
+    tcf_warmup_passes: int = 200  # passes over the fixture strings, excluded
 
     @classmethod
     def scaled(cls, scale: float) -> Sizes:
@@ -47,4 +60,14 @@ class Sizes:
             proof_warmup=n(base.proof_warmup, 5),
             proof_seconds=max(10.0, base.proof_seconds * min(1.0, scale)),
             proof_diag=n(base.proof_diag, 5),
+            webhook_seconds=max(1.0, base.webhook_seconds * min(1.0, scale)),
+            webhook_warmup_seconds=max(0.5, base.webhook_warmup_seconds * min(1.0, scale)),
+            webhook_phones=n(base.webhook_phones, 500),
+            webhook_baseline_events=n(base.webhook_baseline_events, 2_000),
+            receipt_subjects=n(base.receipt_subjects, 200),
+            receipts=n(base.receipts, 200),
+            receipt_warmup=n(base.receipt_warmup, 20),
+            receipt_seconds=max(2.0, base.receipt_seconds * min(1.0, scale)),
+            tcf_seconds=max(1.0, base.tcf_seconds * min(1.0, scale)),
+            tcf_warmup_passes=n(base.tcf_warmup_passes, 20),
         )

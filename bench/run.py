@@ -8,7 +8,13 @@ Figures (each beside a baseline measured in the same run on the same rows, warm-
 2. in-process state lookups/s (``core.queries.by_hashed_id``) vs a raw indexed SELECT;
 3. HTTP lookups/s, p50, p99 against ``consentgate serve`` vs GET /healthz on that server;
 4. inclusion-proof p50/p99 on a 1,000,000-leaf tree vs the same queries in bare SQL;
-   floor ≤ 5 ms.
+   floor ≤ 5 ms;
+5. signed CMP webhook events/s over HTTP (1 and 50 events per delivery, 8 client processes)
+   vs the bare HMAC check + in-process ingest of the same events; floor ≥ 1,500 events/s;
+6. receipts issued/s vs bare Ed25519 signing of the same JWS inputs, and receipts verified
+   offline/s vs the bare Ed25519 verifications of the same bundles;
+7. TC / GPP strings decoded/s vs base64url-decoding the same strings (no database: measured
+   once); floor ≥ 20,000 TC strings/s.
 
 Sizes scale with ``BENCH_SCALE`` (or ``--scale``; ``--quick`` is 0.1). Results go to
 ``bench/results.json`` and a Rich table.
@@ -32,14 +38,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import httpbench, ledger, lookups, pgcluster, proofs
+from bench import httpbench, ledger, lookups, pgcluster, proofs, receipts, tcf, webhook
 from bench.backends import Backend, PostgresBackend, SqliteBackend
 from bench.common import REPO, Figure, load_average, machine_info
 from bench.config import Sizes
 from consentgate.bootstrap import App, build
 from consentgate.config import load_settings
 
-PHASES = ("ingest", "lookup", "http", "proof")
+PHASES = ("ingest", "lookup", "http", "proof", "webhook", "receipts", "tcf")
+BACKEND_FREE = ("tcf",)  # phases that touch no database: run once, not per backend
 FIGURE_KEYS = {
     "ingest": [
         ("ingest", "appends/s, core.ingest.ingest(batch=True)"),
@@ -48,6 +55,18 @@ FIGURE_KEYS = {
     "lookup": [("lookup", "lookups/s, core.queries.by_hashed_id")],
     "http": [("http_lookup", "HTTP lookups/s")],
     "proof": [("proof_p50", "inclusion proof p50"), ("proof_p99", "inclusion proof p99")],
+    "webhook": [
+        ("webhook_single", "webhook events/s over HTTP, 1 event/delivery"),
+        ("webhook_batch", "webhook events/s over HTTP, 50 events/delivery"),
+    ],
+    "receipts": [
+        ("receipt_issue", "receipts issued/s, core.receipts.receipt"),
+        ("receipt_verify", "receipts verified offline/s, check_bundle"),
+    ],
+    "tcf": [
+        ("tcf_decode", "TC strings decoded/s"),
+        ("gpp_decode", "GPP strings decoded/s"),
+    ],
 }
 
 
@@ -113,22 +132,26 @@ class Runner:
         self.load: dict[str, list[float] | None] = {}
         self.console = Console(stderr=True)
 
-    def _phase(self, backend: Backend, phase: str, fn: Callable[[], list[Figure]]) -> bool:
-        self.console.log(f"[bold]{backend.name}[/]: {phase} …")
+    def _phase(self, backend: Backend | str, phase: str, fn: Callable[[], list[Figure]]) -> bool:
+        name = backend if isinstance(backend, str) else backend.name
+        self.console.log(f"[bold]{name}[/]: {phase} …")
         t0 = time.perf_counter()
         try:
             self.figures.extend(fn())
             ok = True
         except Exception as exc:  # a failed phase is reported, never hidden
             traceback.print_exc()
-            self.figures.extend(_skipped(backend.name, [phase], f"error: {exc!r}"[:400]))
+            self.figures.extend(_skipped(name, [phase], f"error: {exc!r}"[:400]))
             ok = False
-        self.timings[f"{backend.name}.{phase}"] = round(time.perf_counter() - t0, 2)
-        self.load[f"{backend.name}.{phase}"] = load_average()
-        self.console.log(
-            f"[bold]{backend.name}[/]: {phase} done in {time.perf_counter() - t0:.1f} s"
-        )
+        self.timings[f"{name}.{phase}"] = round(time.perf_counter() - t0, 2)
+        self.load[f"{name}.{phase}"] = load_average()
+        self.console.log(f"[bold]{name}[/]: {phase} done in {time.perf_counter() - t0:.1f} s")
         return ok
+
+    def backend_free(self) -> None:
+        """Phases that touch no database, once per run, before any database is started."""
+        if "tcf" in self.phases:
+            self._phase(tcf.BACKEND, "tcf", lambda: tcf.run(self.sizes))
 
     def run_backend(self, backend: Backend, proof_leaves: int) -> None:
         core: App = build(load_settings(backend.env))
@@ -165,6 +188,10 @@ class Runner:
                 self._phase(
                     backend, "proof", lambda: proofs.run(backend, core, proof_leaves, self.sizes)
                 )
+            if "webhook" in self.phases:
+                self._phase(backend, "webhook", lambda: webhook.run(backend, core, self.sizes))
+            if "receipts" in self.phases:
+                self._phase(backend, "receipts", lambda: receipts.run(backend, core, self.sizes))
         finally:
             core.close()
 
@@ -182,7 +209,8 @@ class Runner:
             cluster = pgcluster.start()
         except (FileNotFoundError, OSError, subprocess.SubprocessError) as exc:
             reason = f"skipped: {exc}"
-            self.figures.extend(_skipped("postgresql", self.phases, reason))
+            per_backend = [p for p in self.phases if p not in BACKEND_FREE]
+            self.figures.extend(_skipped("postgresql", per_backend, reason))
             return {"status": reason}
         workdir = Path(tempfile.mkdtemp(prefix="consentgate-bench-pgdata-"))
         try:
@@ -238,7 +266,45 @@ def _notes(fig: Figure) -> str:
             f"{d['service_sql_replayed_bare_driver_latency']['p50_ms']:.2f} ms; "
             f"tree built in {d['tree_build']['seconds']:.0f} s"
         )
+    if fig.key.startswith("webhook_"):
+        h, b = d["http"], d["baseline"]
+        lat, side = h["delivery_latency"], h["server_side_sample"]
+        per_txn = side["events_per_transaction"]
+        return (
+            f"delivery p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, "
+            f"errors {h['errors']}; {h['deliveries_per_s']:,.0f} deliveries/s; "
+            f"server {per_txn or 0:.1f} events/txn, CPU {h['server_cpu_cores_busy']:.2f} "
+            f"cores (machine {h['machine_cpu_cores_busy'] or 0:.2f}), clients "
+            f"{h['clients_cpu_cores_busy']:.2f}; baseline {b['events']:,} events, "
+            f"txn p50 {b['transaction_ms']['p50_ms']:.1f} ms"
+        )
+    if fig.key in ("receipt_issue", "receipt_verify"):
+        lat, raw = d["latency"], d["baseline_latency"]
+        extra = (
+            f"; sign_compact {d['sign_compact_same_claims']['rate']:,.0f}/s; "
+            f"tree {d['ledger_tree_size']:,} leaves, {d['ledger_entries_in_database']:,} "
+            "ledger rows in the database"
+            if fig.key == "receipt_issue"
+            else f"; {d['proof_hashes_p50']} proof hashes (p50)"
+        )
+        return (
+            f"p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms "
+            f"(bare p50 {raw['p50_ms'] * 1000:.0f} µs); {_count_of(d)} receipts{extra}"
+        )
+    if fig.key in ("tcf_decode", "gpp_decode"):
+        per = d["per_string_mean_us"]
+        slowest = max(per, key=per.__getitem__)
+        return (
+            f"{d['fixture_strings']} fixture strings, {d['strings_decoded']:,} decodes; "
+            f"slowest {slowest} {per[slowest]:.0f} µs; this process got "
+            f"{d['cpu_share_while_timed']:.0%} of a CPU while timed"
+        )
     return ""
+
+
+def _count_of(details: dict[str, Any]) -> str:
+    n = details.get("receipts", details.get("bundles"))
+    return f"{n:,}" if isinstance(n, int) else "?"
 
 
 def render(figures: list[Figure], console: Console) -> None:
@@ -280,11 +346,14 @@ def main(argv: list[str] | None = None) -> int:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if args.no_pg:
         backends = [b for b in backends if b != "postgresql"]
+    if all(p in BACKEND_FREE for p in phases):
+        backends = []  # nothing to measure on a database: start none
     profile_dir = args.output.parent / "profiles" if args.profile else None
 
     machine = machine_info()
     started = time.perf_counter()
     runner = Runner(sizes, phases, profile_dir)
+    runner.backend_free()
     backend_info: dict[str, Any] = {}
     for name in backends:
         if name == "sqlite":
