@@ -16,7 +16,7 @@ from consentgate.domain.timeutil import format_rfc3339, from_micros
 from consentgate.errors import NotFound
 from consentgate.ledger.leaf import parse_leaf
 from consentgate.ledger.store import b64
-from consentgate.storage.engine import read_tx
+from consentgate.storage.engine import read_tx, single_read
 from consentgate.storage.tables import ledger_entries
 from consentgate.tenants.service import TenantService
 
@@ -81,7 +81,7 @@ class ConsentQueries:
     def by_hashed_id(self, tenant: str, hashed_id: str) -> SubjectConsents:
         """One indexed query: the link and the subject's state rows, joined."""
         check_hashed_id(hashed_id)
-        with read_tx(self._engine) as conn:
+        with single_read(self._engine) as conn:
             rows = conn.execute(_STATE_BY_HASH, {"t": tenant, "h": hashed_id}).all()
         if not rows:
             raise NotFound("no subject with this hashed_id")

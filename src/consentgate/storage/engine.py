@@ -82,6 +82,20 @@ def read_tx(engine: Engine) -> Iterator[Connection]:
 
 
 @contextmanager
+def single_read(engine: Engine) -> Iterator[Connection]:
+    """For one-statement reads on a hot path. On PostgreSQL it runs in autocommit, saving
+    the BEGIN and COMMIT round trips (under READ COMMITTED a single statement sees the same
+    data either way); on SQLite it is :func:`read_tx`."""
+    if engine.dialect.name != "postgresql":
+        with read_tx(engine) as conn:
+            yield conn
+        return
+    with _translated(), engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
+
+
+@contextmanager
 def _translated() -> Iterator[None]:
     """Connection-level failures become StoreUnavailable, so callers can fail closed."""
     try:

@@ -24,7 +24,7 @@ from consentgate.domain.consent import DEFAULT_PURPOSES, Purpose
 from consentgate.domain.timeutil import to_micros
 from consentgate.errors import Conflict, InvalidInput, Unauthenticated
 from consentgate.ledger.store import LedgerStore
-from consentgate.storage.engine import read_tx, write_tx
+from consentgate.storage.engine import read_tx, single_read, write_tx
 from consentgate.storage.tables import api_keys, consent_state, purposes, tenants
 
 
@@ -167,7 +167,7 @@ class TenantService:
         if cached is not None:
             return cached
         now = time.monotonic()
-        with read_tx(self._engine) as conn:
+        with single_read(self._engine) as conn:
             row = conn.execute(
                 select(api_keys.c.id, api_keys.c.tenant_id, api_keys.c.scopes, tenants.c.region)
                 .join(tenants, tenants.c.id == api_keys.c.tenant_id)
@@ -194,7 +194,7 @@ class TenantService:
         now = time.monotonic()
         if cached is not None and now - cached[0] < self._cache_seconds:
             return cached[1]
-        with read_tx(self._engine) as conn:
+        with single_read(self._engine) as conn:
             purposes_ = self.purposes(conn, tenant)
         self._catalogues[tenant] = (now, purposes_)
         return purposes_
@@ -205,7 +205,7 @@ class TenantService:
         now = time.monotonic()
         if cached is not None and now - cached[0] < self._cache_seconds:
             return cached[1]
-        with read_tx(self._engine) as conn:
+        with single_read(self._engine) as conn:
             row = conn.execute(select(tenants.c.region).where(tenants.c.id == name)).one_or_none()
         profile = (row is not None, None if row is None or row.region is None else str(row.region))
         if profile[0]:
