@@ -121,6 +121,7 @@ def build(
         providers,
         clock,
         settings.consent.public_url,
+        timedelta(seconds=settings.consent.dispatch_lease_seconds),
     )
     adapters = {
         "generic": lambda _tenant, payload: generic.to_events(payload),
@@ -154,7 +155,15 @@ def build(
         registry=registry,
         messages=messages,
         campaigns=CampaignService(
-            engine, tenants, links, gate, registry, messages, keystore, clock
+            engine,
+            tenants,
+            links,
+            gate,
+            registry,
+            messages,
+            keystore,
+            clock,
+            timedelta(seconds=settings.consent.dispatch_lease_seconds),
         ),
         sandbox_secrets=sandbox_secrets,
         receipts=ReceiptService(

@@ -43,6 +43,9 @@ class ConsentSettings:
     public_url: str = "http://127.0.0.1:8080"
     gate_cache_seconds: float = 30.0
     sandbox_url: str = ""  # default: <public_url>/sandbox
+    # How long a dispatch claim (and a pending message claim) is held before another worker
+    # may take it over: longer than any single send can take.
+    dispatch_lease_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             public_url=env.get("CONSENTGATE_PUBLIC_URL", "http://127.0.0.1:8080").rstrip("/"),
             gate_cache_seconds=float(env.get("CONSENTGATE_GATE_CACHE_SECONDS", "30")),
             sandbox_url=env.get("CONSENTGATE_SANDBOX_URL", "").rstrip("/"),
+            dispatch_lease_seconds=float(env.get("CONSENTGATE_DISPATCH_LEASE_SECONDS", "60")),
         ),
         server=ServerSettings(
             host=env.get("CONSENTGATE_HOST", "127.0.0.1"),

@@ -41,7 +41,6 @@ from consentgate.storage.tables import campaign_recipients, campaigns
 from consentgate.tenants.service import TenantService
 
 BATCH = 1000
-LEASE = timedelta(seconds=60)
 MAX_ATTEMPTS = 5
 RETRY_BASE = timedelta(seconds=2)
 
@@ -91,7 +90,9 @@ class CampaignService:
         messages: MessageService,
         keystore: KeyStore,
         clock: Clock,
+        lease: timedelta = timedelta(seconds=60),
     ) -> None:
+        self._lease_us = int(lease.total_seconds() * 1_000_000)
         self._engine = engine
         self._tenants = tenants
         self._links = links
@@ -269,7 +270,7 @@ class CampaignService:
     def dispatch_once(self, limit: int = 50) -> int:
         """Claim and send up to ``limit`` due recipients; return how many were handled."""
         now = self._now()
-        lease = now + int(LEASE.total_seconds() * 1_000_000)
+        lease = now + self._lease_us
         with write_tx(self._engine) as conn:
             due = (
                 select(campaign_recipients.c.campaign_id, campaign_recipients.c.seq)

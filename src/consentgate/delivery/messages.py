@@ -50,7 +50,6 @@ from consentgate.storage.tables import messages
 from consentgate.tenants.service import TenantService
 
 ENVELOPE_TTL = timedelta(days=7)
-STALE_CLAIM_US = 60_000_000  # a pending claim this old belongs to a worker that died
 TEASER = "You have a new secure message."
 
 
@@ -83,7 +82,10 @@ class MessageService:
         providers: Providers,
         clock: Clock,
         public_url: str,
+        stale_claim: timedelta = timedelta(seconds=60),
     ) -> None:
+        # A pending claim this old belongs to a worker that died.
+        self._stale_claim_us = int(stale_claim.total_seconds() * 1_000_000)
         self._engine = engine
         self._tenants = tenants
         self._links = links
@@ -306,7 +308,7 @@ class MessageService:
     ) -> tuple[str, dict[str, Any] | None]:
         """Take the idempotency key: (message_id to send under, None), or (id, the answer
         already given). A claim left pending by a crashed worker is taken over after
-        ``STALE_CLAIM``; the same message id is reused, so the provider de-duplicates."""
+        the stale-claim time; the same message id is reused, so the provider de-duplicates."""
         message_id = str(uuid.uuid4())
         try:
             with write_tx(self._engine) as conn:
@@ -336,7 +338,7 @@ class MessageService:
             ).one()
         if bytes(row.request_hash) != request_hash:
             raise Conflict("idempotency_key was used for another message", field="idempotency_key")
-        stale = row.status == "pending" and row.updated_us < now_us - STALE_CLAIM_US
+        stale = row.status == "pending" and row.updated_us < now_us - self._stale_claim_us
         retry = (
             retry_unavailable
             and row.status == "failed"
