@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import httpx
 import sqlalchemy as sa
@@ -20,7 +21,8 @@ WITHDRAWN = [f"+4474001{i:05d}" for i in range(5)]
 def _events(phones: list[str], status: str, day: int) -> list[dict[str, str]]:
     return [
         {
-            "consent_id": f"{p}-{status}",
+            # A CMP's own id: never derived from the number (that would put it on disk).
+            "consent_id": f"cmp-{status}-{day}-{(GRANTED + UNKNOWN + WITHDRAWN).index(p)}",
             "phone": p,
             "consent_type": "marketing_rcs",
             "status": status,
@@ -104,3 +106,10 @@ def test_campaign_end_to_end(server: Server) -> None:
         ).scalar_one()
     engine.dispose()
     assert left == 0  # every number erased once its message completed
+    # No number of the audience, in any form we hold it, anywhere on disk or in the log.
+    data_dir = Path(server.env["CONSENTGATE_DATA_DIR"])
+    files = [p for p in data_dir.rglob("*") if p.is_file()] + [server.log]
+    needles = {p.lstrip("+").encode() for p in GRANTED + UNKNOWN + WITHDRAWN}
+    needles |= {("0" + p[3:]).encode() for p in GRANTED + UNKNOWN + WITHDRAWN}
+    leaks = [(f.name, n) for f in files for n in needles if n in f.read_bytes()]
+    assert leaks == []
