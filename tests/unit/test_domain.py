@@ -488,3 +488,14 @@ def test_incremental_apply_matches_fold(events: list[Event], seed: int) -> None:
         if winner is not None:
             state[(s, p)] = winner
     assert state == rules.fold(events)
+
+
+def test_bulk_normalisation_fast_path_agrees_with_the_full_parse() -> None:
+    from consentgate.domain.identity import normalise_phone_bulk
+
+    for raw in ("+447911123456", "+16502530000", "07911 123456", "+44 7911 123456"):
+        assert normalise_phone_bulk(raw, "GB").value == normalise_phone(raw, "GB").value
+    # Canonical-looking but unallocated: kept as is (it can only match no consent).
+    assert normalise_phone_bulk("+447700900123", "GB").value == "+447700900123"
+    with pytest.raises(InvalidInput):
+        normalise_phone_bulk("+44 12", "GB")

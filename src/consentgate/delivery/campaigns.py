@@ -31,7 +31,7 @@ from consentgate.crypto.keystore import KeyStore
 from consentgate.delivery.messages import MessageService
 from consentgate.delivery.registry import Registry
 from consentgate.domain.clock import Clock
-from consentgate.domain.identity import Identifier, IdentifierKind, normalise_phone
+from consentgate.domain.identity import Identifier, IdentifierKind, normalise_phone_bulk
 from consentgate.domain.reasons import ReasonCode
 from consentgate.domain.timeutil import to_micros
 from consentgate.errors import Conflict, ConsentGateError, InvalidInput, NotFound
@@ -173,7 +173,7 @@ class CampaignService:
             try:
                 for number, raw in enumerate(_rows(chunks, content_type), start=1):
                     try:
-                        identity = normalise_phone(raw, region, field="phone")
+                        identity = normalise_phone_bulk(raw, region, field="phone")
                     except InvalidInput:
                         invalid.append(number)
                         continue
