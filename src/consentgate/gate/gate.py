@@ -49,7 +49,10 @@ class ConsentGate:
         clock: Clock,
         cache: StateCache,
         statement_timeout: timedelta = timedelta(milliseconds=500),
+        prefilter_timeout: timedelta = timedelta(minutes=5),
     ) -> None:
+        # One check must answer fast or not at all; a pre-filter joins a whole audience.
+        self._prefilter_timeout_ms = int(prefilter_timeout.total_seconds() * 1000)
         self._engine = engine
         self._clock = clock
         self.cache = cache
@@ -71,9 +74,10 @@ class ConsentGate:
             return GateDecision(False, ReasonCode.EXPIRED, state.consent_seq, from_cache)
         return GateDecision(True, None, state.consent_seq, from_cache)
 
-    def _bounded(self, conn: Connection) -> None:
+    def _bounded(self, conn: Connection, timeout_ms: int | None = None) -> None:
         if conn.dialect.name == "postgresql":
-            conn.execute(text(f"SET LOCAL statement_timeout = {self._timeout_ms}"))
+            ms = int(self._timeout_ms if timeout_ms is None else timeout_ms)
+            conn.execute(text(f"SET LOCAL statement_timeout = {ms}"))
 
     def check(self, tenant: str, subject_ref: str, purpose: str) -> GateDecision:
         key = (tenant, subject_ref, purpose)
@@ -115,7 +119,7 @@ class ConsentGate:
         decisions = {h: GateDecision(False, ReasonCode.NO_CONSENT, None) for h in ids}
         try:
             with read_tx(self._engine) as conn:
-                self._bounded(conn)
+                self._bounded(conn, self._prefilter_timeout_ms)
                 conn.execute(
                     text(f"CREATE TEMPORARY TABLE {table} (hashed_id VARCHAR(64) PRIMARY KEY)")
                 )
