@@ -36,10 +36,25 @@ ENTRY_TYPES = ("varchar", "int8", "varchar", "varchar", "varchar", "varchar", "i
 ENTRY_TYPES += ("varchar", "bytea", "bytea", "bytea")
 NODE_COLUMNS = ("tenant_id", "level", "idx", "hash")
 NODE_TYPES = ("varchar", "int2", "int8", "bytea")
+LINK_COLUMNS = ("tenant_id", "hashed_id", "salt_version", "subject_ref", "created_us")
+STATE_COLUMNS = (
+    "tenant_id",
+    "subject_ref",
+    "consent_type",
+    "status",
+    "effective_us",
+    "event_seq",
+    "consent_id",
+    "expires_us",
+    "updated_us",
+)
 _PG_TYPES = {
     "ledger_entries": ENTRY_TYPES,
     "plain_entries": ENTRY_TYPES,
     "ledger_nodes": NODE_TYPES,
+    "subject_links": ("varchar", "varchar", "int4", "varchar", "int8"),
+    "consent_state": ("varchar",) * 4 + ("int8", "int8", "varchar", "int8", "int8"),
+    "bench_audience": ("varchar",),
 }
 
 # ledger_entries' columns, primary key, unique constraint and index; no foreign key.
@@ -73,6 +88,7 @@ class Backend:
     param: str
     durability: str
     database_url: str
+    server_log: Path | None = None  # the database server's own log, where there is one
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -105,6 +121,14 @@ class Backend:
 
     def lookup(self, conn: Any, sql: str, tenant: str, hashed_id: str) -> list[Row]:
         raise NotImplementedError
+
+    def point_select(self, conn: Any, sql: str, params: Sequence[Any]) -> list[Row]:
+        """One statement, all rows, on a bare autocommit connection (prepared on PG)."""
+        raise NotImplementedError
+
+    def temp_table(self, conn: Any, table: str) -> None:
+        """A temporary one-column table of hashed ids, as core.gate.prefilter makes it."""
+        conn.execute(f"CREATE TEMPORARY TABLE {table} (hashed_id VARCHAR(64) PRIMARY KEY)")
 
     # -- bulk load (the proof tree) -----------------------------------------------------------
     def bulk_insert(
@@ -219,6 +243,9 @@ class SqliteBackend(Backend):
     def lookup(self, conn: Any, sql: str, tenant: str, hashed_id: str) -> list[Row]:
         return list(conn.execute(sql, (tenant, hashed_id)).fetchall())
 
+    def point_select(self, conn: Any, sql: str, params: Sequence[Any]) -> list[Row]:
+        return list(conn.execute(sql, params).fetchall())
+
     def explain(self, conn: Any, sql: str, params: Any) -> str:
         rows = conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
         details = [str(r[-1]) for r in rows]
@@ -237,8 +264,11 @@ class PostgresBackend(Backend):
     name = "postgresql"
     param = "%s"
 
-    def __init__(self, workdir: Path, dsn: str, url: str, durability: str) -> None:
+    def __init__(
+        self, workdir: Path, dsn: str, url: str, durability: str, server_log: Path | None = None
+    ) -> None:
         super().__init__(workdir)
+        self.server_log = server_log
         self.dsn = dsn
         self.database_url = url
         self.durability = durability
@@ -279,6 +309,9 @@ class PostgresBackend(Backend):
 
     def lookup(self, conn: Any, sql: str, tenant: str, hashed_id: str) -> list[Row]:
         return list(conn.execute(sql, (tenant, hashed_id), prepare=True).fetchall())
+
+    def point_select(self, conn: Any, sql: str, params: Sequence[Any]) -> list[Row]:
+        return list(conn.execute(sql, params, prepare=True).fetchall())
 
     def explain(self, conn: Any, sql: str, params: Any) -> str:
         rows = conn.execute("EXPLAIN " + sql, params).fetchall()  # type: ignore[operator]

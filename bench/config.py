@@ -39,6 +39,25 @@ class Sizes:
     receipt_seconds: float = 5.0  # time cap on the timed receipts (count is recorded)
     tcf_seconds: float = 2.5  # per string kind and per path (decoder, baseline)
     tcf_warmup_passes: int = 200  # passes over the fixture strings, excluded
+    gate_subjects: int = 1_000  # subjects whose state the warm cache holds
+    gate_checks: int = 1_000_000  # warm checks (cycling over the subjects), bounded in time too
+    gate_cold_checks: int = 5_000  # cold checks (cache cleared before each), bounded in time
+    gate_seconds: float = 3.0  # time cap per timed loop of the gate phase
+    envelope_seals: int = 3_000  # per variant, in rounds that alternate the variants
+    envelope_warmup: int = 200  # per variant, excluded
+    envelope_rounds: int = 5
+    prefilter_audience: int = 1_000_000  # hashed ids handed to core.gate.prefilter
+    prefilter_subjects: int = 200_000  # of them with consent state in the store
+    prefilter_ingested: int = 1_000  # of those, recorded through core.ingest.ingest (the rest
+    # are bulk-loaded as the same rows: see bench/prefilter.py)
+    prefilter_normalise: int = 50_000  # raw numbers normalised (timed); the rest extrapolated
+    # When core.gate.prefilter fails closed (PostgreSQL: its statement timeout), time it again
+    # with a ConsentGate whose timeout lets it finish (off by default: ~40 s at 1M on PG).
+    prefilter_relaxed_rerun: bool = False
+    campaign_recipients: int = 2_000
+    campaign_warmup: int = 100  # recipients of an untimed warm-up campaign
+    campaign_workers: int = 4  # client processes of the direct POST /v1/messages baseline
+    campaign_timeout_seconds: float = 300.0  # wait for "done" at most this long
 
     @classmethod
     def scaled(cls, scale: float) -> Sizes:
@@ -70,4 +89,16 @@ class Sizes:
             receipt_seconds=max(2.0, base.receipt_seconds * min(1.0, scale)),
             tcf_seconds=max(1.0, base.tcf_seconds * min(1.0, scale)),
             tcf_warmup_passes=n(base.tcf_warmup_passes, 20),
+            gate_subjects=n(base.gate_subjects, 200),
+            gate_checks=n(base.gate_checks, 50_000),
+            gate_cold_checks=n(base.gate_cold_checks, 500),
+            gate_seconds=max(1.0, base.gate_seconds * min(1.0, scale)),
+            envelope_seals=n(base.envelope_seals, 200),
+            envelope_warmup=n(base.envelope_warmup, 20),
+            prefilter_audience=n(base.prefilter_audience, 10_000),
+            prefilter_subjects=n(base.prefilter_subjects, 2_000),
+            prefilter_ingested=n(base.prefilter_ingested, 200),
+            prefilter_normalise=n(base.prefilter_normalise, 1_000),
+            campaign_recipients=n(base.campaign_recipients, 100),
+            campaign_warmup=n(base.campaign_warmup, 20),
         )

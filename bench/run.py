@@ -14,7 +14,20 @@ Figures (each beside a baseline measured in the same run on the same rows, warm-
 6. receipts issued/s vs bare Ed25519 signing of the same JWS inputs, and receipts verified
    offline/s vs the bare Ed25519 verifications of the same bundles;
 7. TC / GPP strings decoded/s vs base64url-decoding the same strings (no database: measured
-   once); floor ≥ 20,000 TC strings/s.
+   once); floor ≥ 20,000 TC strings/s;
+8. on-send consent checks/s (``core.gate.check``), warm cache and cold cache, vs a raw
+   indexed SELECT on consent_state; floor ≥ 200,000 warm checks/s;
+9. envelope seal (``consentgate.crypto.envelope.seal``) per call, both suites, key-store and
+   preloaded-key signers, vs bare HPKE ``Suite.encrypt`` (and + one bare Ed25519 sign); no
+   database: measured once; floor seal ≤ 1.3 × bare encrypt;
+10. a 1,000,000-number campaign pre-filter: normalise + keyed hash + ``core.gate.prefilter``
+    vs bare HMAC + a temp-table join on the bare driver; floor ≤ 5 s;
+11. end-to-end campaign msgs/s through the server and the sandbox carrier over HTTP vs
+    direct POST /v1/messages from 4 client processes; floor ≥ 1,000 msgs/s.
+
+``--only PHASES`` merges into an existing results file: figures of phases (and backends)
+that were not run are kept as they were, each still naming the run that produced it
+(``run``: git head + date); a full run replaces everything.
 
 Sizes scale with ``BENCH_SCALE`` (or ``--scale``; ``--quick`` is 0.1). Results go to
 ``bench/results.json`` and a Rich table.
@@ -38,15 +51,41 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import httpbench, ledger, lookups, pgcluster, proofs, receipts, tcf, webhook
+from bench import (
+    campaign,
+    envelope,
+    gate,
+    httpbench,
+    ledger,
+    lookups,
+    pgcluster,
+    prefilter,
+    proofs,
+    receipts,
+    tcf,
+    webhook,
+)
 from bench.backends import Backend, PostgresBackend, SqliteBackend
 from bench.common import REPO, Figure, load_average, machine_info
 from bench.config import Sizes
 from consentgate.bootstrap import App, build
 from consentgate.config import load_settings
 
-PHASES = ("ingest", "lookup", "http", "proof", "webhook", "receipts", "tcf")
-BACKEND_FREE = ("tcf",)  # phases that touch no database: run once, not per backend
+PHASES = (
+    "ingest",
+    "lookup",
+    "http",
+    "proof",
+    "webhook",
+    "receipts",
+    "tcf",
+    "gate",
+    "envelope",
+    "prefilter",
+    "campaign",
+)
+BACKEND_FREE = ("tcf", "envelope")  # phases that touch no database: run once, not per backend
+BACKEND_ORDER = ("in-process", "sqlite", "postgresql")
 FIGURE_KEYS = {
     "ingest": [
         ("ingest", "appends/s, core.ingest.ingest(batch=True)"),
@@ -67,7 +106,23 @@ FIGURE_KEYS = {
         ("tcf_decode", "TC strings decoded/s"),
         ("gpp_decode", "GPP strings decoded/s"),
     ],
+    "gate": [
+        ("gate_warm", "on-send checks/s, core.gate.check, warm cache"),
+        ("gate_cold", "on-send checks/s, core.gate.check, cold cache"),
+    ],
+    "envelope": [
+        ("envelope_x25519_keystore", "envelope seal µs/call, X25519, key-store signer"),
+        ("envelope_x25519_preloaded", "envelope seal µs/call, X25519, preloaded key"),
+        ("envelope_hybrid_keystore", "envelope seal µs/call, ML-KEM-768+X25519, key store"),
+        ("envelope_hybrid_preloaded", "envelope seal µs/call, ML-KEM-768+X25519, preloaded"),
+    ],
+    "prefilter": [
+        ("prefilter_total", "1M-number pre-filter, s (normalise + hash + prefilter)"),
+        ("prefilter_hashed", "1M E.164 ids pre-filter, s (hash + prefilter)"),
+    ],
+    "campaign": [("campaign", "campaign msgs/s end to end")],
 }
+KEY_ORDER = {key: i for i, key in enumerate(k for keys in FIGURE_KEYS.values() for k, _ in keys)}
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -88,7 +143,27 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         choices=("bulk", "append"),
         help="proof tree: bulk loader (default) or LedgerStore.append for every batch",
     )
-    parser.add_argument("--profile", action="store_true", help="cProfile extra ingest batches")
+    parser.add_argument(
+        "--campaign-recipients", type=int, help="recipients of the timed campaign (2,000)"
+    )
+    parser.add_argument(
+        "--prefilter-audience", type=int, help="numbers in the pre-filter audience (1,000,000)"
+    )
+    parser.add_argument(
+        "--prefilter-normalise",
+        type=int,
+        help="numbers normalised (timed) in the pre-filter phase; the rest is extrapolated",
+    )
+    parser.add_argument(
+        "--prefilter-relaxed-rerun",
+        action="store_true",
+        help="when core.gate.prefilter fails closed, time it again with a 120 s statement timeout",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile extra ingest batches; py-spy a campaign (if py-spy is installed)",
+    )
     parser.add_argument(
         "--output", type=Path, default=REPO / "bench" / "results.json", help="results file"
     )
@@ -111,6 +186,14 @@ def _sizes(args: argparse.Namespace) -> tuple[Sizes, float]:
         overrides["tree_build"] = args.tree_build
     if args.http_workers:
         overrides["http_workers"] = args.http_workers
+    if args.campaign_recipients:
+        overrides["campaign_recipients"] = args.campaign_recipients
+    if args.prefilter_audience:
+        overrides["prefilter_audience"] = args.prefilter_audience
+    if args.prefilter_normalise:
+        overrides["prefilter_normalise"] = args.prefilter_normalise
+    if args.prefilter_relaxed_rerun:
+        overrides["prefilter_relaxed_rerun"] = True
     return replace(sizes, **overrides), scale
 
 
@@ -152,6 +235,8 @@ class Runner:
         """Phases that touch no database, once per run, before any database is started."""
         if "tcf" in self.phases:
             self._phase(tcf.BACKEND, "tcf", lambda: tcf.run(self.sizes))
+        if "envelope" in self.phases:
+            self._phase(envelope.BACKEND, "envelope", lambda: envelope.run(self.sizes))
 
     def run_backend(self, backend: Backend, proof_leaves: int) -> None:
         core: App = build(load_settings(backend.env))
@@ -192,6 +277,16 @@ class Runner:
                 self._phase(backend, "webhook", lambda: webhook.run(backend, core, self.sizes))
             if "receipts" in self.phases:
                 self._phase(backend, "receipts", lambda: receipts.run(backend, core, self.sizes))
+            if "gate" in self.phases:
+                self._phase(backend, "gate", lambda: gate.run(backend, core, self.sizes))
+            if "prefilter" in self.phases:
+                self._phase(backend, "prefilter", lambda: prefilter.run(backend, core, self.sizes))
+            if "campaign" in self.phases:
+                self._phase(
+                    backend,
+                    "campaign",
+                    lambda: campaign.run(backend, core, self.sizes, self.profile_dir),
+                )
         finally:
             core.close()
 
@@ -216,7 +311,11 @@ class Runner:
         try:
             cluster.execute("CREATE DATABASE bench")
             backend = PostgresBackend(
-                workdir, cluster.dsn("bench"), cluster.url("bench"), pgcluster.DURABILITY
+                workdir,
+                cluster.dsn("bench"),
+                cluster.url("bench"),
+                pgcluster.DURABILITY,
+                server_log=cluster.base / "server.log",
             )
             info = {
                 "durability": backend.durability,
@@ -235,6 +334,10 @@ def _fmt(value: float | None, unit: str) -> str:
         return "—"
     if unit == "ms":
         return f"{value:.2f} ms"
+    if unit == "s":
+        return f"{value:.2f} s"
+    if unit == "µs":
+        return f"{value:,.0f} µs"
     return f"{value:,.0f}/s"
 
 
@@ -299,6 +402,64 @@ def _notes(fig: Figure) -> str:
             f"slowest {slowest} {per[slowest]:.0f} µs; this process got "
             f"{d['cpu_share_while_timed']:.0%} of a CPU while timed"
         )
+    if fig.key in ("gate_warm", "gate_cold"):
+        lat, raw = d["latency"], d["baseline_latency"]
+        return (
+            f"p50 {lat['p50_ms'] * 1000:.1f} µs, p99 {lat['p99_ms'] * 1000:.1f} µs "
+            f"(raw SELECT p50 {raw['p50_ms'] * 1000:.0f} µs); {d['checks']:,} checks over "
+            f"{d['subjects']:,} subjects"
+        )
+    if fig.key.startswith("envelope_"):
+        lat, both = d["latency"], d["raw_encrypt_plus_sign"]
+        return (
+            f"p50 {lat['p50_ms'] * 1000:.0f} µs, p99 {lat['p99_ms'] * 1000:.0f} µs; vs bare "
+            f"encrypt + Ed25519 sign ({both['mean_us']:.0f} µs): {both['seal_over_it']:.2f}×; "
+            f"{d['seals']:,} seals; floor = {d['floor_is'].split(' ')[0]} × bare encrypt"
+        )
+    if fig.key == "prefilter_total":
+        parts, pf, base = d["parts"], d["prefilter"], d["baseline"]
+        extra = (
+            f" (EXTRAPOLATED from {d['normalise']['numbers_timed']:,})"
+            if parts["normalise_extrapolated"]
+            else ""
+        )
+        failed = ""
+        if d["service_gate_failed_closed"]:
+            failed = (
+                "; core.gate FAILED CLOSED (statement timeout): timed again with a 120 s timeout"
+                if pf["gate"].startswith("ConsentGate")
+                else "; core.gate FAILED CLOSED (statement timeout: "
+                f"{(pf['failed_statements'] or [{'statement': '?'}])[0]['statement']} "
+                "cancelled): prefilter = time until that answer"
+            )
+        return (
+            f"normalise {parts['normalise_s']:.1f} s{extra} "
+            f"({d['normalise']['per_number_us']:.0f} µs/number), hash "
+            f"{parts['hash_identifier_s']:.1f} s, prefilter {parts['prefilter_s']:.1f} s "
+            f"(SQL {pf['sql_s']:.1f} s); baseline hmac {base['hmac_s']:.1f} s + join "
+            f"{base['join']['seconds']:.1f} s{failed}"
+        )
+    if fig.key == "prefilter_hashed":
+        failed = "; core.gate FAILED CLOSED" if d.get("service_gate_failed_closed") else ""
+        return (
+            f"hash {d['hash_identifier_s']:.1f} s + prefilter {d['prefilter_s']:.1f} s, "
+            f"{d['audience']:,} ids, measured at full size{failed}"
+        )
+    if fig.key == "campaign":
+        t, b = d["timed"], d["baseline"]
+        first = d.get("first_attempt_failed_closed")
+        retried = (
+            f"first attempt: send call {first['send_call_s']:.2f} s, "
+            f"{first['skipped_store_unavailable']:,} recipients skipped store_unavailable; "
+            if first
+            else ""
+        )
+        return (
+            f"{retried}{t['sent']:,} sent in {t['seconds_send_to_done']:.1f} s, sandbox holds "
+            f"{t['sandbox_messages']:,}; server CPU {t['server_cpu_cores_busy']:.2f} cores; "
+            f"baseline p50 {b['latency']['p50_ms']:.0f} ms, server CPU "
+            f"{b['server_cpu_cores_busy']:.2f} cores"
+        )
     return ""
 
 
@@ -349,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     if all(p in BACKEND_FREE for p in phases):
         backends = []  # nothing to measure on a database: start none
     profile_dir = args.output.parent / "profiles" if args.profile else None
+    if args.only:
+        _previous(args.output)  # fail now, not after the run, if it cannot be merged into
 
     machine = machine_info()
     started = time.perf_counter()
@@ -368,25 +531,132 @@ def main(argv: list[str] | None = None) -> int:
     if not console.is_terminal:
         console = Console(width=200)
     render(runner.figures, console)
-    console.print(f"total runtime {runtime:.0f} s; results in {args.output}")
-    results = {
-        "machine": {**machine, "load_average_at_end": load_average()},
-        "run": {
-            "scale": scale,
-            "sizes": asdict(sizes),
-            "phases": phases,
-            "runtime_s": round(runtime, 1),
-            "phase_s": runner.timings,
-            "load_average_after_phase": runner.load,
-            "note": "2-core machine shared with other work: see the load averages",
-            "loopback_only": True,
-        },
-        "backends": backend_info,
-        "figures": [f.as_dict() for f in runner.figures],
+    run_record = {
+        "scale": scale,
+        "sizes": asdict(sizes),
+        "phases": phases,
+        "backends_run": backends,
+        "runtime_s": round(runtime, 1),
+        "phase_s": runner.timings,
+        "load_average_after_phase": runner.load,
+        "note": "2-core machine shared with other work: see the load averages",
+        "loopback_only": True,
     }
+    machine = {**machine, "load_average_at_end": load_average()}
+    figures = [{**f.as_dict(), "run": _provenance(machine)} for f in runner.figures]
+    results = {
+        "machine": machine,
+        "run": run_record,
+        "backends": backend_info,
+        "figures": figures,
+    }
+    previous = _previous(args.output) if args.only else None  # re-read: it may have changed
+    if previous is not None:
+        results = merge(previous, results)
+        kept = sum(1 for f in results["figures"] if f["run"] != _provenance(machine))
+        console.print(f"--only: merged into {args.output}; kept {kept} figures of earlier runs")
+    console.print(f"total runtime {runtime:.0f} s; results in {args.output}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
     return 0
+
+
+def _previous(path: Path) -> dict[str, Any] | None:
+    """The results file a partial run merges into (None when there is none yet)."""
+    if not path.exists():
+        return None
+    try:
+        previous = json.loads(path.read_text())
+        if not isinstance(previous, dict) or not isinstance(previous.get("figures"), list):
+            raise ValueError("no figures list")
+    except (OSError, ValueError) as exc:
+        raise SystemExit(
+            f"--only merges into {path}, which cannot be read ({exc}): move it away or run "
+            "every phase"
+        ) from None
+    return previous
+
+
+def _provenance(machine: dict[str, Any]) -> dict[str, Any]:
+    """Which run produced a figure: the git head and the date it started, and whether src/
+    had uncommitted changes then (others edit it while runs go on)."""
+    return {
+        "git_head": machine.get("git_head"),
+        "date": machine.get("date"),
+        "src_uncommitted": machine.get("src_uncommitted"),
+    }
+
+
+def _sort_key(figure: dict[str, Any]) -> tuple[int, int, str]:
+    backend = figure["backend"]
+    rank = BACKEND_ORDER.index(backend) if backend in BACKEND_ORDER else len(BACKEND_ORDER)
+    return rank, KEY_ORDER.get(figure["key"], len(KEY_ORDER)), figure["key"]
+
+
+def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A partial run's results merged into an earlier results file.
+
+    A (backend, figure) the new run produced replaces the earlier one, except that a figure
+    the new run could not measure (skipped or failed) does not erase a measured one: the
+    measured one stays, with the failed attempt attached (``superseded_attempt``). Every
+    other figure is kept as it was, carrying the run that produced it (``run``; figures of
+    files written before that field existed get their file's git head and date). The run
+    records of the runs that still own figures are kept under ``earlier_runs``.
+    """
+    old_machine = old.get("machine", {})
+    old_prov = _provenance(old_machine)
+    fresh = {(f["backend"], f["key"]): f for f in new["figures"]}
+    merged: list[dict[str, Any]] = []
+    for f in old.get("figures", []):
+        f = {**f, "run": f.get("run") or old_prov}
+        replacement = fresh.get((f["backend"], f["key"]))
+        if replacement is None:
+            merged.append(f)
+        elif replacement["status"] != "ok" and f["status"] == "ok":
+            merged.append(
+                {
+                    **f,
+                    "superseded_attempt": {
+                        "status": replacement["status"],
+                        "run": replacement["run"],
+                    },
+                }
+            )
+            del fresh[(f["backend"], f["key"])]
+    merged.extend(fresh.values())
+    merged.sort(key=_sort_key)
+
+    earlier = list(old.get("earlier_runs", []))
+    earlier.append(
+        {
+            **old_prov,
+            "machine": old_machine,
+            "run": old.get("run", {}),
+            "backends": old.get("backends", {}),
+        }
+    )
+    owners = {(f["run"]["git_head"], f["run"]["date"]) for f in merged}
+    earlier = [r for r in earlier if (r["git_head"], r["date"]) in owners]
+    new_prov = _provenance(new["machine"])
+    return {
+        "machine": new["machine"],
+        "run": {
+            **new["run"],
+            "merged_into": "an earlier results file: figures this run did not produce are kept "
+            "from the run named in their 'run' field (see earlier_runs)",
+        },
+        "backends": {**old.get("backends", {}), **new["backends"]},
+        "earlier_runs": [
+            r
+            for r in earlier
+            if (r["git_head"], r["date"])
+            != (
+                new_prov["git_head"],
+                new_prov["date"],
+            )
+        ],
+        "figures": merged,
+    }
 
 
 if __name__ == "__main__":
