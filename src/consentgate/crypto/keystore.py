@@ -18,7 +18,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -141,6 +141,7 @@ class LocalKeyStore:
         the tenant's file); this process's own rotations are seen at once."""
         self._dir = key_dir
         self._refresh = refresh_seconds
+        self._signers: dict[bytes, Callable[[bytes], bytes]] = {}
         self._checked: dict[str, float] = {}
         self._aead = AESGCM(_load_master_key(key_dir, master_key))
         (key_dir / "tenants").mkdir(parents=True, exist_ok=True)
@@ -288,7 +289,10 @@ class LocalKeyStore:
         entry = self._current_signing(tenant)
         _, secrets_ = self._entries(tenant)
         seed = secrets_[(KeyKind.SIGNING.value, entry["id"])]
-        return Signature(entry["id"], base64.b64decode(entry["public"]), signing.sign(seed, data))
+        signer = self._signers.get(seed)
+        if signer is None:  # building the key from its seed costs more than signing
+            signer = self._signers[seed] = signing.signer(seed)
+        return Signature(entry["id"], base64.b64decode(entry["public"]), signer(data))
 
     def signing_keys(self, tenant: str) -> list[PublicSigningKey]:
         return [

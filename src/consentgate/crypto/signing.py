@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -32,6 +33,11 @@ def public_from_seed(seed: bytes) -> bytes:
 
 def sign(seed: bytes, data: bytes) -> bytes:
     return Ed25519PrivateKey.from_private_bytes(seed).sign(data)
+
+
+def signer(seed: bytes) -> Callable[[bytes], bytes]:
+    """A signing function holding the loaded key (for repeated signatures)."""
+    return Ed25519PrivateKey.from_private_bytes(seed).sign
 
 
 def verify(public_key: bytes, signature: bytes, data: bytes) -> bool:
