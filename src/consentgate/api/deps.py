@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from consentgate.bootstrap import App
+from consentgate.domain.identity import Identifier, normalise_email, normalise_phone
 from consentgate.errors import Forbidden, InvalidInput
 from consentgate.tenants.service import Principal, Scope
 
@@ -65,3 +66,16 @@ class MalformedBody(InvalidInput):
 
 def parse(model: type[M], data: Any) -> M:
     return model.model_validate(data)
+
+
+def subject_of(body: Any, region: str | None) -> str | Identifier:
+    """The person a request names: exactly one of ``phone`` (normalised in the tenant's
+    region), ``email`` or ``hashed_id`` (returned as given, a string)."""
+    given = [n for n in ("phone", "email", "hashed_id") if getattr(body, n) is not None]
+    if len(given) != 1:
+        raise InvalidInput("give exactly one of phone, email or hashed_id", field="phone")
+    if body.hashed_id is not None:
+        return str(body.hashed_id)
+    if body.phone is not None:
+        return normalise_phone(body.phone, region)
+    return normalise_email(str(body.email))

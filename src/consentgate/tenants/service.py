@@ -163,7 +163,7 @@ class TenantService:
         if not api_key:
             raise Unauthenticated("an API key is required: Authorization: Bearer <api key>")
         key_hash = _hash_key(api_key)
-        cached = self.cached_principal(api_key)
+        cached = self._cached(key_hash)
         if cached is not None:
             return cached
         now = time.monotonic()
@@ -183,7 +183,10 @@ class TenantService:
 
     def cached_principal(self, api_key: str) -> Principal | None:
         """The principal if this key was authenticated within the cache time (no I/O)."""
-        cached = self._principals.get(_hash_key(api_key))
+        return self._cached(_hash_key(api_key))
+
+    def _cached(self, key_hash: str) -> Principal | None:
+        cached = self._principals.get(key_hash)
         if cached is not None and time.monotonic() - cached[0] < self._cache_seconds:
             return cached[1]
         return None

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from consentgate.api.deps import get_app, json_body, parse, require
+from consentgate.api.deps import get_app, json_body, parse, require, subject_of
 from consentgate.api.models import (
     BatchOut,
     ConsentBatchIn,
@@ -21,8 +21,6 @@ from consentgate.api.models import (
     PurposeOut,
 )
 from consentgate.consent.ingest import EventInput
-from consentgate.domain.identity import normalise_email, normalise_phone
-from consentgate.errors import InvalidInput
 from consentgate.tenants.service import Principal, Scope
 
 router = APIRouter(prefix="/v1", tags=["consent"])
@@ -102,18 +100,11 @@ async def lookup(request: Request, principal: Reader) -> Any:
     """Current state per purpose for `{phone}`, `{email}` or `{hashed_id}`."""
     body = parse(LookupIn, await json_body(request))
     app = get_app(request)
-    given = [n for n in ("phone", "email", "hashed_id") if getattr(body, n) is not None]
-    if len(given) != 1:
-        raise InvalidInput("give exactly one of phone, email or hashed_id", field="phone")
-    if body.hashed_id is not None:
-        result = await run_in_threadpool(app.queries.by_hashed_id, principal.tenant, body.hashed_id)
+    subject = subject_of(body, principal.region)
+    if isinstance(subject, str):
+        result = await run_in_threadpool(app.queries.by_hashed_id, principal.tenant, subject)
     else:
-        identifier = (
-            normalise_phone(body.phone, principal.region)
-            if body.phone is not None
-            else normalise_email(str(body.email))
-        )
-        result = await run_in_threadpool(app.queries.by_identifier, principal.tenant, identifier)
+        result = await run_in_threadpool(app.queries.by_identifier, principal.tenant, subject)
     return result.as_dict()
 
 

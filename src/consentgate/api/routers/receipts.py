@@ -7,11 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from consentgate.api.deps import get_app, json_body, parse
+from consentgate.api.deps import get_app, json_body, parse, subject_of
 from consentgate.api.models import ConsentTokenIn, ConsentTokenOut, ReceiptOut
 from consentgate.api.routers.consent import Auditor, Reader
-from consentgate.domain.identity import normalise_email, normalise_phone
-from consentgate.errors import InvalidInput
 
 router = APIRouter(prefix="/v1", tags=["receipts"])
 
@@ -38,19 +36,10 @@ async def consent_token(request: Request, principal: Reader) -> Any:
     """A short-lived JWT (≤ 15 min) stating a grant in force, signed like receipts."""
     body = parse(ConsentTokenIn, await json_body(request))
     app = get_app(request)
-    given = [n for n in ("phone", "email", "hashed_id") if getattr(body, n) is not None]
-    if len(given) != 1:
-        raise InvalidInput("give exactly one of phone, email or hashed_id", field="phone")
-    subject: Any
-    if body.hashed_id is not None:
-        subject = body.hashed_id
-    else:
-        identifier = (
-            normalise_phone(body.phone, principal.region)
-            if body.phone is not None
-            else normalise_email(str(body.email))
-        )
-        subject = app.links.hash_identifier(principal.tenant, identifier)
+    named = subject_of(body, principal.region)
+    subject: Any = (
+        named if isinstance(named, str) else app.links.hash_identifier(principal.tenant, named)
+    )
     return await run_in_threadpool(
         app.receipts.token, principal.tenant, subject, body.consent_type, body.ttl_seconds
     )
