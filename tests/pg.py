@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 
@@ -56,11 +57,13 @@ class Cluster:
     def url(self, db: str) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{db}"
 
+    # Fast tests: nothing here must survive a power cut. (The benchmark overrides this.)
+    SETTINGS = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+
     def start(self) -> None:
         options = (
             f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=200"
+            f"{self.SETTINGS}-c max_connections=200"
         )
         self._run(
             str(self.bindir / "pg_ctl"),
@@ -82,27 +85,37 @@ class Cluster:
             conn.execute(sql)  # type: ignore[arg-type]
 
 
-def start_cluster() -> Cluster:
+C = TypeVar("C", bound=Cluster)
+
+
+def start_cluster(kind: type[C] = Cluster, prefix: str = "consentgate-pg-") -> C:  # type: ignore[assignment]
     bindir = find_bindir()
     if bindir is None:
-        raise FileNotFoundError("no initdb")
+        raise FileNotFoundError(
+            "PostgreSQL binaries (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin "
+            "or on PATH"
+        )
     as_user = "postgres" if os.geteuid() == 0 else None
-    base = Path(tempfile.mkdtemp(prefix="consentgate-pg-"))
+    base = Path(tempfile.mkdtemp(prefix=prefix))
     if as_user:
         shutil.chown(base, user=as_user)
-    cluster = Cluster(bindir, base, free_port(), as_user)
-    cluster._run(
-        str(bindir / "initdb"),
-        "-D",
-        str(cluster.datadir),
-        "-U",
-        "postgres",
-        "--auth=trust",
-        "-E",
-        "UTF8",
-        "--no-sync",
-    )
-    cluster.start()
+    cluster = kind(bindir, base, free_port(), as_user)
+    try:
+        cluster._run(
+            str(bindir / "initdb"),
+            "-D",
+            str(cluster.datadir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
+        cluster.start()
+    except (OSError, subprocess.SubprocessError):
+        shutil.rmtree(base, ignore_errors=True)
+        raise
     return cluster
 
 
