@@ -98,7 +98,7 @@ class CmpWebhookService:
         if not events:
             # e.g. a GPP string with no mapped opt-out set: nothing to record, nothing wrong.
             return WebhookOutcome(200, {"events": []}, False)
-        region = self._tenant_region(tenant)
+        region = self._tenants.region(tenant)
         outcome: dict[str, WebhookOutcome] = {}
 
         def remember(conn: Connection, results: list[IngestResult]) -> None:
@@ -127,6 +127,3 @@ class CmpWebhookService:
                 raise
             return previous
         return outcome["result"]
-
-    def _tenant_region(self, tenant: str) -> str | None:
-        return self._tenants.region(tenant)
