@@ -10,6 +10,7 @@ from datetime import timedelta
 import httpx
 from sqlalchemy import Engine
 
+from consentgate.audit import AuditService, ExportService
 from consentgate.cmp import generic, mapped
 from consentgate.config import Settings, load_settings
 from consentgate.consent.cmp_settings import CmpSettings
@@ -51,6 +52,8 @@ class App:
     cmp_settings: CmpSettings
     cmp_webhooks: CmpWebhookService
     receipts: ReceiptService
+    audit: AuditService
+    exports: ExportService
     gate: ConsentGate
     registry: Registry
     messages: MessageService
@@ -136,6 +139,9 @@ def build(
             True,
         ),
     }
+    receipts = ReceiptService(
+        engine, tenants, links, ledger, keystore, clock, settings.consent.public_url
+    )
     return App(
         settings=settings,
         engine=engine,
@@ -166,8 +172,17 @@ def build(
             timedelta(seconds=settings.consent.dispatch_lease_seconds),
         ),
         sandbox_secrets=sandbox_secrets,
-        receipts=ReceiptService(
-            engine, tenants, links, ledger, keystore, clock, settings.consent.public_url
+        receipts=receipts,
+        audit=AuditService(engine, tenants),
+        exports=ExportService(
+            engine,
+            tenants,
+            links,
+            ledger,
+            receipts,
+            keystore,
+            clock,
+            timedelta(seconds=settings.consent.future_skew_seconds),
         ),
     )
 

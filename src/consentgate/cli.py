@@ -28,10 +28,12 @@ tenant_cli = typer.Typer(no_args_is_help=True, help="Tenants and their API keys.
 keys_cli = typer.Typer(no_args_is_help=True, help="Salts and signing keys.")
 ledger_cli = typer.Typer(no_args_is_help=True, help="The consent ledger.")
 receipt_cli = typer.Typer(no_args_is_help=True, help="Consent receipts, checked offline.")
+audit_cli = typer.Typer(no_args_is_help=True, help="Audit export bundles, checked offline.")
 cli.add_typer(tenant_cli, name="tenant")
 cli.add_typer(keys_cli, name="keys")
 cli.add_typer(ledger_cli, name="ledger")
 cli.add_typer(receipt_cli, name="receipt")
+cli.add_typer(audit_cli, name="audit")
 
 T = TypeVar("T")
 
@@ -211,6 +213,14 @@ def _read_json(path: Path, what: str) -> Any:
         raise typer.Exit(2) from None
 
 
+def _read_verifier_keys(path: Path) -> list[str]:
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        typer.echo(f"INVALID: cannot read verifier key {path}: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 @receipt_cli.command("verify")
 def receipt_verify(
     file: Annotated[Path, typer.Argument(help="The receipt bundle (JSON from the API)")],
@@ -226,11 +236,7 @@ def receipt_verify(
 
     bundle = _read_json(file, "receipt bundle")
     key_set = _read_json(jwks, "JWKS")
-    try:
-        verifiers = [line.strip() for line in key.read_text().splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        typer.echo(f"INVALID: cannot read verifier key {key}: {exc}", err=True)
-        raise typer.Exit(2) from None
+    verifiers = _read_verifier_keys(key)
     try:
         claims = check_bundle(bundle, key_set if isinstance(key_set, dict) else {}, verifiers)
     except ReceiptInvalid as exc:
@@ -245,6 +251,35 @@ def receipt_verify(
             "ledger_seq": claims.get("ledger_seq"),
         }
     )
+
+
+@audit_cli.command("verify-bundle")
+def audit_verify_bundle(
+    file: Annotated[Path, typer.Argument(help="The export bundle, byte for byte as served")],
+    jwks: Annotated[Path, typer.Option(help="The tenant's JWKS (jwks.json)")],
+    key: Annotated[
+        Path,
+        typer.Option(help="Ledger verifier key(s), one per line (GET /v1/ledger/key?all=true)"),
+    ],
+) -> None:
+    """Check an audit export offline: bundle signature, checkpoint, every inclusion proof,
+    every receipt, and that each send's consent leaf was a grant in force at the send.
+    No database, no network. Exit 0 with a summary, 1 with the first problem otherwise."""
+    from consentgate.audit.bundle_check import BundleInvalid, verify_bundle
+
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        typer.echo(f"INVALID: cannot read audit bundle {file}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    key_set = _read_json(jwks, "JWKS")
+    verifiers = _read_verifier_keys(key)
+    try:
+        summary = verify_bundle(raw, key_set if isinstance(key_set, dict) else {}, verifiers)
+    except BundleInvalid as exc:
+        typer.echo(f"INVALID: {exc}", err=True)
+        raise typer.Exit(1) from None
+    _emit(summary.as_dict())
 
 
 @cli.command()

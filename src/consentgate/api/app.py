@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from consentgate import __version__
 from consentgate.api import problems
 from consentgate.api.limits import BodyLimit
+from consentgate.api.routers import audit as audit_router
 from consentgate.api.routers import callbacks, cmp, consent, delivery, health, ledger, receipts
 from consentgate.bootstrap import App
 from consentgate.sandbox import create_sandbox
@@ -28,6 +29,7 @@ def create_app(core: App) -> FastAPI:
     app.include_router(consent.router)
     app.include_router(ledger.router)
     app.include_router(receipts.router)
+    app.include_router(audit_router.router)
     app.include_router(cmp.router)
     app.include_router(delivery.router)
     app.include_router(callbacks.router)

@@ -10,22 +10,22 @@ the Kantara Consent Receipt v1.1 / ISO/IEC TS 27560 fields that apply ride along
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from consentgate.consent.subjects import HashedIdentifier, SubjectLinks, check_hashed_id
 from consentgate.crypto.jws import sign_compact
 from consentgate.crypto.keystore import KeyStore
 from consentgate.domain import consent as rules
 from consentgate.domain.clock import Clock
-from consentgate.domain.consent import ConsentStatus, StateEntry
+from consentgate.domain.consent import ConsentStatus, Purpose, StateEntry
 from consentgate.domain.reasons import consent_refusal
 from consentgate.domain.timeutil import format_rfc3339, from_micros, parse_rfc3339
 from consentgate.errors import ConsentRefused, InvalidInput, NotFound
 from consentgate.ledger.leaf import parse_leaf
-from consentgate.ledger.store import LedgerStore, b64
+from consentgate.ledger.store import LedgerStore, SignedCheckpoint, b64
 from consentgate.storage.engine import read_tx
 from consentgate.storage.tables import consent_state
 from consentgate.tenants.service import TenantService
@@ -82,12 +82,57 @@ class ReceiptService:
             entry = self._state(conn, tenant, ref, consent_type)
             if entry is None:
                 raise NotFound("no consent has been recorded for this subject and purpose")
-            leaf, leaf_hash = self._ledger.entry(conn, tenant, entry.event_seq)
+            # Read after the state row, so under READ COMMITTED it covers that row's leaf.
             checkpoint = self._ledger.latest_checkpoint(conn, tenant)
-            size, _, hashes = self._ledger.inclusion_proof(
-                conn, tenant, entry.event_seq, checkpoint.tree_size
+            return self.issue(conn, tenant, hashed_id, consent_type, entry, checkpoint, now)
+
+    def receipts_for(
+        self,
+        conn: Connection,
+        tenant: str,
+        hashed_id: str,
+        ref: str,
+        checkpoint: SignedCheckpoint,
+        now: datetime,
+    ) -> dict[str, dict[str, Any]]:
+        """A receipt per purpose the subject has a state for, all proved against
+        ``checkpoint``, read through the caller's transaction (an audit export)."""
+        rows = conn.execute(
+            select(consent_state).where(
+                consent_state.c.tenant_id == tenant, consent_state.c.subject_ref == ref
             )
-        purpose = catalogue[consent_type]
+        )
+        entries = {
+            row.consent_type: StateEntry(
+                ConsentStatus(row.status),
+                from_micros(row.effective_us),
+                row.event_seq,
+                row.consent_id,
+            )
+            for row in rows
+        }
+        return {
+            purpose: self.issue(conn, tenant, hashed_id, purpose, entry, checkpoint, now)
+            for purpose, entry in sorted(entries.items())
+        }
+
+    def issue(
+        self,
+        conn: Connection,
+        tenant: str,
+        hashed_id: str,
+        consent_type: str,
+        entry: StateEntry,
+        checkpoint: SignedCheckpoint,
+        now: datetime,
+    ) -> dict[str, Any]:
+        """Sign a receipt for ``entry`` with the leaf's proof against ``checkpoint``."""
+        catalogue = self._tenants.catalogue(tenant)
+        leaf, leaf_hash = self._ledger.entry(conn, tenant, entry.event_seq)
+        size, _, hashes = self._ledger.inclusion_proof(
+            conn, tenant, entry.event_seq, checkpoint.tree_size
+        )
+        purpose = catalogue.get(consent_type) or Purpose(consent_type)
         view = rules.view(entry, purpose.max_age, now)
         doc = parse_leaf(leaf)
         jti = str(uuid.uuid4())

@@ -82,6 +82,18 @@ def read_tx(engine: Engine) -> Iterator[Connection]:
 
 
 @contextmanager
+def snapshot_tx(engine: Engine) -> Iterator[Connection]:
+    """A read transaction whose statements all see one snapshot, for answers assembled from
+    several reads (an audit export). PostgreSQL runs it REPEATABLE READ (read_tx is READ
+    COMMITTED there); a SQLite read transaction already sees one snapshot from its first read."""
+    with _translated(), engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            yield conn
+
+
+@contextmanager
 def single_read(engine: Engine) -> Iterator[Connection]:
     """For one-statement reads on a hot path. On PostgreSQL it runs in autocommit, saving
     the BEGIN and COMMIT round trips (under READ COMMITTED a single statement sees the same
