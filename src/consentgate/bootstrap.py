@@ -10,6 +10,7 @@ from datetime import timedelta
 import httpx
 from sqlalchemy import Engine
 
+from consentgate.analytics.service import AnalyticsService
 from consentgate.audit import AuditService, ExportService
 from consentgate.cmp import generic, mapped
 from consentgate.config import Settings, load_settings
@@ -59,6 +60,7 @@ class App:
     messages: MessageService
     campaigns: CampaignService
     sandbox_secrets: dict[str, str]
+    analytics: AnalyticsService
     _listener: InvalidationListener | None = None
     _worker: DispatchWorker | None = None
 
@@ -172,6 +174,7 @@ def build(
             timedelta(seconds=settings.consent.dispatch_lease_seconds),
         ),
         sandbox_secrets=sandbox_secrets,
+        analytics=AnalyticsService(engine, tenants, keystore, clock),
         receipts=receipts,
         audit=AuditService(engine, tenants),
         exports=ExportService(

@@ -11,6 +11,7 @@ turns them into exit codes::
     ├── Unauthenticated       no or unknown credentials
     ├── Forbidden             credentials lack the scope
     │   └── ConsentRefused    no consent in force for what was asked (carries a reason code)
+    ├── BudgetExhausted       a differentially private query would overspend the privacy budget
     ├── StoreUnavailable      the store cannot be reached: callers fail closed
     ├── KeyStoreError         the key store is unusable (wrong master key, missing key)
     └── LedgerTampered        verification found a change made behind the service's back
@@ -72,6 +73,15 @@ class ConsentRefused(Forbidden):
     def __init__(self, detail: str, *, reason: str) -> None:
         super().__init__(detail, extra={"reason": reason})
         self.reason = reason
+
+
+class BudgetExhausted(ConsentGateError):
+    """The tenant's privacy budget for the month cannot pay for this query; nothing was
+    charged and nothing released. It refills at the next calendar month (UTC)."""
+
+    code = "privacy-budget-exhausted"
+    status = 429
+    title = "Privacy budget exhausted"
 
 
 class StoreUnavailable(ConsentGateError):

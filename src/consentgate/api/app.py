@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from consentgate import __version__
 from consentgate.api import problems
 from consentgate.api.limits import BodyLimit
+from consentgate.api.routers import analytics as analytics_router
 from consentgate.api.routers import audit as audit_router
 from consentgate.api.routers import callbacks, cmp, consent, delivery, health, ledger, receipts
 from consentgate.bootstrap import App
@@ -33,6 +34,7 @@ def create_app(core: App) -> FastAPI:
     app.include_router(cmp.router)
     app.include_router(delivery.router)
     app.include_router(callbacks.router)
+    app.include_router(analytics_router.router)
     if not core.settings.consent.sandbox_url:
         # The sandbox carrier is the default provider: serve it here, at /sandbox.
         app.mount(

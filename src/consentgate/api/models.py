@@ -197,3 +197,18 @@ class CampaignOut(BaseModel):
     skipped: int
     fallback: int
     by_reason: dict[str, int]
+
+
+class AnalyticsSettingsIn(_Strict):
+    """k-suppression threshold and monthly privacy budget (epsilon) of the tenant."""
+
+    k_threshold: int = Field(strict=True, description="Smallest group shown (distinct subjects)")
+    monthly_epsilon: float = Field(
+        strict=True, allow_inf_nan=False, description="Privacy budget per calendar month (UTC)"
+    )
+    require_dp: bool = Field(False, strict=True, description="Refuse answers without DP noise")
+
+
+class ConversionsIn(_Strict):
+    month: str = Field(min_length=7, max_length=7, description="YYYY-MM the tokens belong to")
+    tokens: list[Any] = Field(description="Join tokens of converted people (≤ 10000)")

@@ -32,6 +32,8 @@ DESCRIPTIONS: dict[str, str] = {
     "unauthenticated": "No API key, or an unknown or revoked one: send Authorization: Bearer.",
     "forbidden": "The API key lacks the scope this operation needs.",
     "consent-refused": "No consent is in force for this subject and purpose; see `reason`.",
+    "privacy-budget-exhausted": "This query's epsilon exceeds the month's remaining privacy "
+    "budget; nothing was charged. The budget refills each calendar month (UTC).",
     "store-unavailable": "The consent store cannot be reached; nothing was changed. Retry.",
     "payload-too-large": "The request body exceeds the configured limit.",
     "method-not-allowed": "The path exists but not with this method.",

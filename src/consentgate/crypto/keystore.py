@@ -15,10 +15,11 @@ import fcntl
 import hmac
 import json
 import os
+import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,11 +34,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from consentgate.crypto import signing
 from consentgate.errors import KeyStoreError, NotFound
 
+_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
 
 class KeyKind(StrEnum):
     SALT = "salt"
     SIGNING = "signing"
     WEBHOOK = "webhook"
+    JOIN = "join"  # analytics join keys: one per calendar month, id ``YYYY-MM``
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,12 @@ class KeyStore(Protocol):
 
     def rotate(self, tenant: str, kind: KeyKind) -> str:
         """Add a new current key of ``kind``; return its version or kid."""
+        ...
+
+    def join_macs(self, tenant: str, month: str, items: Sequence[bytes]) -> list[bytes]:
+        """HMAC-SHA256 of each item under the tenant's join key for ``month`` (``YYYY-MM``),
+        created on first use. Each calendar month has its own random key, so tokens of
+        different months cannot be linked; the keys never leave the store."""
         ...
 
     def wrap_data_key(self, tenant: str, key: bytes, context: str) -> bytes:
@@ -311,6 +321,8 @@ class LocalKeyStore:
         ]
 
     def rotate(self, tenant: str, kind: KeyKind) -> str:
+        if kind is KeyKind.JOIN:
+            raise KeyStoreError("join keys are per calendar month; they are never rotated by hand")
         with self._exclusive(tenant):
             # Re-read under the lock: another process may have rotated since we cached.
             doc, _ = self._entries(tenant, fresh=True)
@@ -318,6 +330,36 @@ class LocalKeyStore:
             ident, _ = self._new_entry(tenant, kind, doc)
             self._write(tenant, doc)
         return ident
+
+    def join_macs(self, tenant: str, month: str, items: Sequence[bytes]) -> list[bytes]:
+        if not _MONTH.match(month):
+            raise KeyStoreError("a join key month must be YYYY-MM")
+        _, secrets_ = self._entries(tenant)
+        key = secrets_.get((KeyKind.JOIN.value, month))
+        if key is None:
+            key = self._create_join_key(tenant, month)
+        return [hmac.new(key, item, sha256).digest() for item in items]
+
+    def _create_join_key(self, tenant: str, month: str) -> bytes:
+        """The month's join key, created unless another thread or process made it first."""
+        with self._exclusive(tenant):
+            doc, secrets_ = self._entries(tenant, fresh=True)
+            key = secrets_.get((KeyKind.JOIN.value, month))
+            if key is not None:
+                return key
+            doc = json.loads(json.dumps(doc))  # never mutate the cached copy
+            key = secrets.token_bytes(32)
+            doc["entries"].append(
+                {
+                    "kind": KeyKind.JOIN.value,
+                    "id": month,
+                    "created_at": _now(),
+                    "retired_at": None,
+                    "wrapped": self._wrap(tenant, KeyKind.JOIN.value, month, key),
+                }
+            )
+            self._write(tenant, doc)
+        return key
 
     def wrap_data_key(self, tenant: str, key: bytes, context: str) -> bytes:
         nonce = secrets.token_bytes(12)

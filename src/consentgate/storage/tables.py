@@ -224,6 +224,7 @@ message_events = Table(
     Column("message_id", String(36), ForeignKey("messages.id"), nullable=False),
     Column("kind", String(16), nullable=False),
     Column("at_us", BigInteger, nullable=False),
+    Index("ix_message_events_message", "message_id"),  # created by 0003
 )
 
 campaigns = Table(
@@ -259,4 +260,48 @@ campaign_recipients = Table(
     Column("attempts", Integer, nullable=False),
     Column("due_us", BigInteger, nullable=False),
     Index("ix_recipients_due", "state", "due_us"),
+)
+
+# Analytics (0006). Epsilon is kept in integer micro-units so a budget adds up exactly.
+analytics_settings = Table(
+    "analytics_settings",
+    metadata,
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), primary_key=True),
+    Column("k_threshold", Integer, nullable=False),
+    Column("monthly_epsilon_micro", BigInteger, nullable=False),
+    Column("require_dp", Boolean, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+)
+
+# Privacy budget spent per tenant and calendar month (UTC, ``YYYY-MM``).
+analytics_budget = Table(
+    "analytics_budget",
+    metadata,
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), primary_key=True),
+    Column("month", String(7), primary_key=True),
+    Column("spent_micro", BigInteger, nullable=False),
+)
+
+# Every differentially private answer: its parameters and epsilon, never its values.
+analytics_queries = Table(
+    "analytics_queries",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), nullable=False),
+    Column("month", String(7), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("epsilon_micro", BigInteger, nullable=False),
+    Column("query", Text, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Index("ix_analytics_queries_month", "tenant_id", "month"),
+)
+
+# Conversion join tokens (HMAC under the month's join key), one row per distinct token.
+analytics_conversions = Table(
+    "analytics_conversions",
+    metadata,
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), primary_key=True),
+    Column("month", String(7), primary_key=True),
+    Column("token", String(43), primary_key=True),
+    Column("created_us", BigInteger, nullable=False),
 )

@@ -33,6 +33,7 @@ class Scope(StrEnum):
     CONSENT_READ = "consent:read"
     SEND = "send"
     AUDIT_READ = "audit:read"
+    ANALYTICS_READ = "analytics:read"  # aggregates, DP queries (spend budget), join tokens
     ADMIN = "admin"
 
 
