@@ -34,6 +34,8 @@ from consentgate.gate.cache import StateCache
 from consentgate.gate.gate import ConsentGate
 from consentgate.gate.notify import InvalidationListener, libpq_dsn
 from consentgate.ledger.store import LedgerStore
+from consentgate.observability.metrics import Metrics
+from consentgate.observability.store import StoreCollector
 from consentgate.storage.engine import build_engine, migrate
 from consentgate.tenants.service import TenantService
 
@@ -60,6 +62,7 @@ class App:
     messages: MessageService
     campaigns: CampaignService
     sandbox_secrets: dict[str, str]
+    metrics: Metrics
     analytics: AnalyticsService
     _listener: InvalidationListener | None = None
     _worker: DispatchWorker | None = None
@@ -95,11 +98,14 @@ def build(
     settings = settings or load_settings()
     clock = clock or SystemClock()
     engine = build_engine(settings.storage)
+    metrics = Metrics()
+    metrics.add_collector(StoreCollector(engine, clock))
     if run_migrations:
         migrate(engine)
     keystore = keystore or LocalKeyStore(settings.keys.key_dir, settings.keys.master_key)
     ledger = LedgerStore(keystore, settings.consent.log_origin_prefix)
     tenants = TenantService(engine, keystore, ledger, clock)
+    metrics.bind_names(tenants.exists, lambda tenant, purpose: purpose in tenants.catalogue(tenant))
     links = SubjectLinks(keystore)
     cmp_settings = CmpSettings(engine, tenants, clock)
     ingest = IngestService(
@@ -110,9 +116,12 @@ def build(
         clock,
         timedelta(seconds=settings.consent.future_skew_seconds),
         receipt_policy=cmp_settings.receipt_policy,
+        metrics=metrics,
     )
     committer = GroupCommitter(ingest)
-    gate = ConsentGate(engine, clock, StateCache(settings.consent.gate_cache_seconds))
+    gate = ConsentGate(
+        engine, clock, StateCache(settings.consent.gate_cache_seconds), metrics=metrics
+    )
     ingest.add_listener(gate.on_changes)
     registry = Registry(engine, links, ledger, clock)
     providers, sandbox_secrets = _providers(settings, clock)
@@ -127,6 +136,7 @@ def build(
         clock,
         settings.consent.public_url,
         timedelta(seconds=settings.consent.dispatch_lease_seconds),
+        metrics=metrics,
     )
     adapters = {
         "generic": lambda _tenant, payload: generic.to_events(payload),
@@ -172,8 +182,10 @@ def build(
             keystore,
             clock,
             timedelta(seconds=settings.consent.dispatch_lease_seconds),
+            metrics=metrics,
         ),
         sandbox_secrets=sandbox_secrets,
+        metrics=metrics,
         analytics=AnalyticsService(engine, tenants, keystore, clock),
         receipts=receipts,
         audit=AuditService(engine, tenants),

@@ -87,26 +87,45 @@ def serve(
         bool, typer.Option("--no-workers", help="API only, no background workers")
     ] = False,
     demo: Annotated[bool, typer.Option(help="Create a demo tenant on first start")] = False,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    log_level: Annotated[str, typer.Option(help="Log level (debug, info, warning, ...)")] = "info",
 ) -> None:
-    """Run the HTTP API (uvicorn). Migrations are applied at start-up."""
+    """Run the HTTP API (uvicorn). Migrations are applied at start-up. Logs go to stderr, one
+    JSON object per line (CONSENTGATE_LOG_FORMAT=text for plain lines), scrubbed of anything
+    shaped like a phone number or e-mail address; the access log names route templates."""
     import uvicorn
 
     from consentgate.api.app import create_app
+    from consentgate.observability.logs import configure_logging
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    try:
+        log_format = load_settings().server.log_format
+    except ConsentGateError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(2) from None
+    configure_logging("text" if log_format == "text" else "json", log_level)
     with _app() as app:
         if demo:
             _demo_tenant(app)
-        from consentgate.sandbox import redact_phone_numbers_in_access_log
-
-        redact_phone_numbers_in_access_log()  # sandbox carrier paths hold numbers
         app.start_background(workers=not no_workers)
         store = app.settings.storage.database_url.split("://", 1)[0]
-        typer.echo(f"consentgate listening on http://{host}:{port} (store: {store})", err=True)
-        uvicorn.run(create_app(app), host=host, port=port, log_level=log_level, access_log=True)
+        logging.getLogger("consentgate.serve").info(
+            "consentgate listening on http://%s:%d (store: %s)",
+            host,
+            port,
+            store,
+            extra={"host": host, "port": port, "store": store},
+        )
+        # uvicorn's own access log would print concrete paths (ids, sandbox phone numbers):
+        # the AccessLog middleware logs route templates instead. log_config=None keeps the
+        # handlers configured above.
+        uvicorn.run(
+            create_app(app),
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=False,
+            log_config=None,
+        )
 
 
 @cli.command()

@@ -53,6 +53,8 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 4 * 1024 * 1024
+    log_format: str = "json"  # json | text: how `serve` writes its logs (docs/metrics.md)
+    metrics_token: str = field(default="", repr=False)  # if set, GET /metrics needs it
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,15 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise InvalidInput(f"{name} must be an integer", field=name) from None
+
+
+def _log_format(env: Mapping[str, str]) -> str:
+    value = env.get("CONSENTGATE_LOG_FORMAT", "json").strip().lower() or "json"
+    if value not in ("json", "text"):
+        raise InvalidInput(
+            "CONSENTGATE_LOG_FORMAT must be json or text", field="CONSENTGATE_LOG_FORMAT"
+        )
+    return value
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -115,5 +126,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             host=env.get("CONSENTGATE_HOST", "127.0.0.1"),
             port=_int(env, "CONSENTGATE_PORT", 8080),
             max_body_bytes=_int(env, "CONSENTGATE_MAX_BODY_BYTES", 4 * 1024 * 1024),
+            log_format=_log_format(env),
+            metrics_token=env.get("CONSENTGATE_METRICS_TOKEN", ""),
         ),
     )

@@ -11,7 +11,9 @@ from consentgate.api.limits import BodyLimit
 from consentgate.api.routers import analytics as analytics_router
 from consentgate.api.routers import audit as audit_router
 from consentgate.api.routers import callbacks, cmp, consent, delivery, health, ledger, receipts
+from consentgate.api.routers import metrics as metrics_router
 from consentgate.bootstrap import App
+from consentgate.observability.http import AccessLog
 from consentgate.sandbox import create_sandbox
 
 
@@ -27,6 +29,7 @@ def create_app(core: App) -> FastAPI:
     app.state.consentgate = core
     problems.install(app)
     app.include_router(health.router)
+    app.include_router(metrics_router.router)
     app.include_router(consent.router)
     app.include_router(ledger.router)
     app.include_router(receipts.router)
@@ -47,4 +50,6 @@ def create_app(core: App) -> FastAPI:
             ),
         )
     app.add_middleware(BodyLimit, max_bytes=core.settings.server.max_body_bytes)
+    # Outermost: times and logs every request (413s included) by its route template.
+    app.add_middleware(AccessLog, metrics=core.metrics)
     return app

@@ -31,6 +31,7 @@ from consentgate.domain.timeutil import format_rfc3339, from_micros, parse_rfc33
 from consentgate.errors import Conflict, InvalidInput
 from consentgate.ledger.leaf import LeafEvent, content_fingerprint
 from consentgate.ledger.store import LedgerStore, NewLeaf, b64
+from consentgate.observability.metrics import Metrics
 from consentgate.storage.engine import write_tx
 from consentgate.storage.tables import consent_state, ledger_entries
 from consentgate.tenants.service import TenantService
@@ -118,7 +119,9 @@ class IngestService:
         clock: Clock,
         future_skew: timedelta = timedelta(minutes=5),
         receipt_policy: Callable[[str], ReceiptPolicy] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._receipt_policy = receipt_policy or (lambda _tenant: ReceiptPolicy())
         self._listeners: list[Callable[[str, list[tuple[str, str]]], None]] = []
         self._engine = engine
@@ -361,6 +364,11 @@ class IngestService:
         if changed_keys:
             for listener in self._listeners:
                 listener(tenant, changed_keys)
+        self._metrics.consent_recorded(
+            tenant,
+            [(leaf.consent_type, leaf.status, leaf.source) for _, leaf in fresh],
+            replayed=len(checked) - len(fresh),
+        )
         return per_request
 
     def _resolve_subjects(

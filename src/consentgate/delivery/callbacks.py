@@ -58,6 +58,7 @@ from consentgate.domain.consent import ConsentStatus, Source
 from consentgate.domain.identity import normalise_phone
 from consentgate.domain.timeutil import format_rfc3339, from_micros, to_micros
 from consentgate.errors import Conflict, ConsentGateError, InvalidInput, NotFound
+from consentgate.observability.metrics import Metrics
 from consentgate.storage.engine import read_tx, write_tx
 from consentgate.storage.tables import message_events, messages, subject_links
 from consentgate.tenants.service import TenantService
@@ -123,7 +124,9 @@ class CallbackService:
         committer: GroupCommitter,
         providers: Providers,
         clock: Clock,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._engine = engine
         self._tenants = tenants
         self._links = links
@@ -156,7 +159,9 @@ class CallbackService:
         summary = _Summary(events=len(events))
         for event in events:
             if event.kind in _RECEIPTS:
-                if self._record_receipt(provider.name, event):
+                linked = self._record_receipt(provider.name, event)
+                self._metrics.receipt(provider.name, event.kind, linked)
+                if linked:
                     summary.linked += 1
                 else:
                     summary.ignored += 1

@@ -36,6 +36,7 @@ from consentgate.domain.reasons import ReasonCode
 from consentgate.domain.timeutil import to_micros
 from consentgate.errors import Conflict, ConsentGateError, InvalidInput, NotFound
 from consentgate.gate.gate import ConsentGate
+from consentgate.observability.metrics import Metrics
 from consentgate.storage.engine import read_tx, write_tx
 from consentgate.storage.tables import campaign_recipients, campaigns
 from consentgate.tenants.service import TenantService
@@ -91,7 +92,9 @@ class CampaignService:
         keystore: KeyStore,
         clock: Clock,
         lease: timedelta = timedelta(seconds=60),
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._lease_us = int(lease.total_seconds() * 1_000_000)
         self._engine = engine
         self._tenants = tenants
@@ -265,6 +268,8 @@ class CampaignService:
                 .where(campaigns.c.id == campaign_id)
                 .values(status="queued" if queued else "done", updated_us=now)
             )
+        self._metrics.campaign_recipients(tenant, "queued", len(queued))
+        self._metrics.campaign_recipients(tenant, "skipped", sum(map(len, skipped.values())))
         return self.status(tenant, campaign_id)
 
     def dispatch_once(self, limit: int = 50) -> int:
@@ -369,6 +374,9 @@ class CampaignService:
                 )
                 .values(**values)
             )
+        self._metrics.campaign_recipients(
+            r.tenant_id, "retried" if values["state"] == "queued" else "done"
+        )
 
     def _close_finished(self, campaign_ids: set[str]) -> None:
         for campaign_id in campaign_ids:

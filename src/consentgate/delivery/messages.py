@@ -45,6 +45,7 @@ from consentgate.domain.reasons import ReasonCode
 from consentgate.domain.timeutil import to_micros
 from consentgate.errors import Conflict, InvalidInput, NotFound
 from consentgate.gate.gate import ConsentGate
+from consentgate.observability.metrics import Metrics
 from consentgate.storage.engine import read_tx, write_tx
 from consentgate.storage.tables import messages
 from consentgate.tenants.service import TenantService
@@ -83,7 +84,9 @@ class MessageService:
         clock: Clock,
         public_url: str,
         stale_claim: timedelta = timedelta(seconds=60),
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         # A pending claim this old belongs to a worker that died.
         self._stale_claim_us = int(stale_claim.total_seconds() * 1_000_000)
         self._engine = engine
@@ -175,7 +178,9 @@ class MessageService:
             found = self._links.find(conn, tenant, hashed)
         ref = None if found is None else found[0]
         consent: ConsentCheck = ConsentRefused(ReasonCode.NO_CONSENT)
-        if ref is not None:
+        if ref is None:  # no subject, no consent: the gate's answer without a lookup
+            self._metrics.gate_checked(tenant, ReasonCode.NO_CONSENT, from_cache=None)
+        else:
             verdict = self._gate.check(tenant, ref, consent_type)
             if verdict.allowed and verdict.consent_seq is not None:
                 consent = ConsentInForce(verdict.consent_seq)
@@ -394,4 +399,5 @@ class MessageService:
                 )
             )
             row = conn.execute(select(messages).where(messages.c.id == message_id)).one()
+        self._metrics.send_decided(tenant, row.action, row.mode, row.reason)
         return _response(row)

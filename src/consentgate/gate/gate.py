@@ -24,6 +24,7 @@ from consentgate.domain.reasons import ReasonCode
 from consentgate.domain.timeutil import from_micros
 from consentgate.errors import ConsentGateError
 from consentgate.gate.cache import CachedState, StateCache
+from consentgate.observability.metrics import Metrics
 from consentgate.storage.engine import read_tx
 
 log = logging.getLogger("consentgate.gate")
@@ -50,7 +51,9 @@ class ConsentGate:
         cache: StateCache,
         statement_timeout: timedelta = timedelta(milliseconds=500),
         prefilter_timeout: timedelta = timedelta(minutes=5),
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         # One check must answer fast or not at all; a pre-filter joins a whole audience.
         self._prefilter_timeout_ms = int(prefilter_timeout.total_seconds() * 1000)
         self._engine = engine
@@ -80,6 +83,11 @@ class ConsentGate:
             conn.execute(text(f"SET LOCAL statement_timeout = {ms}"))
 
     def check(self, tenant: str, subject_ref: str, purpose: str) -> GateDecision:
+        decision = self._check(tenant, subject_ref, purpose)
+        self._metrics.gate_checked(tenant, decision.reason, decision.from_cache)
+        return decision
+
+    def _check(self, tenant: str, subject_ref: str, purpose: str) -> GateDecision:
         key = (tenant, subject_ref, purpose)
         cached = self.cache.get(key)
         if cached is not None:
@@ -143,6 +151,7 @@ class ConsentGate:
                 "consent store unavailable for a pre-filter (%s): failing closed",
                 type(exc).__name__,
             )
+            self._metrics.gate_prefiltered(tenant, {ReasonCode.STORE_UNAVAILABLE.value: len(ids)})
             return {h: GateDecision(False, ReasonCode.STORE_UNAVAILABLE, None) for h in ids}
         for row in rows:
             state = CachedState(
@@ -151,4 +160,8 @@ class ConsentGate:
                 int(row.event_seq),
             )
             decisions[row.hashed_id] = self._judge(state, False)
+        counts: dict[str | None, int] = {}
+        for d in decisions.values():
+            counts[d.reason] = counts.get(d.reason, 0) + 1
+        self._metrics.gate_prefiltered(tenant, counts)
         return decisions

@@ -38,6 +38,7 @@ def _service(request: Request) -> CallbackService:
             core.committer,
             core.messages.providers,
             core.clock,
+            core.metrics,
         )
         request.app.state.callback_service = service
     return service

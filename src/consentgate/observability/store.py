@@ -1,0 +1,102 @@
+"""Gauges read from the database at scrape time: the work queues as every process sees them.
+
+A counter in one process cannot say how deep a queue is when several processes fill and
+drain it, so queue depths are asked of the store on each scrape, with cheap queries only:
+counts over the *open* part of a queue through the index its workers claim by (the done part,
+which grows without bound, is never counted), and the oldest due item by an index MIN.
+A store that cannot answer turns ``consentgate_store_up`` to 0 and drops the gauges for that
+scrape instead of failing it: the process counters are still worth having.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Connection, Engine, func, select, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from consentgate.domain.clock import Clock
+from consentgate.domain.timeutil import to_micros
+from consentgate.errors import ConsentGateError
+from consentgate.storage.engine import read_tx
+from consentgate.storage.tables import campaign_recipients
+
+log = logging.getLogger("consentgate.metrics")
+
+#: The states of a campaign recipient that are still work (``done`` is history).
+OPEN_RECIPIENT_STATES = ("pending", "queued", "claimed")
+
+Probe = Callable[[Connection, int], Iterator[Metric]]
+
+
+def campaign_queue(conn: Connection, now_us: int) -> Iterator[Metric]:
+    """Open campaign recipients by state, and how far behind the oldest queued one is."""
+    depth = GaugeMetricFamily(
+        "consentgate_campaign_queue_depth",
+        "Campaign recipients not yet done, by state (pending: uploaded, not yet sent; "
+        "queued: passed the pre-filter, waiting for a worker; claimed: a worker holds it)",
+        labels=["state"],
+    )
+    counts = dict.fromkeys(OPEN_RECIPIENT_STATES, 0)
+    for state, n in conn.execute(
+        select(campaign_recipients.c.state, func.count())
+        .where(campaign_recipients.c.state.in_(OPEN_RECIPIENT_STATES))
+        .group_by(campaign_recipients.c.state)
+    ):
+        counts[str(state)] = int(n)
+    for state, n in counts.items():
+        depth.add_metric([state], n)
+    yield depth
+    oldest = conn.execute(
+        select(func.min(campaign_recipients.c.due_us)).where(
+            campaign_recipients.c.state == "queued"
+        )
+    ).scalar()
+    lag = GaugeMetricFamily(
+        "consentgate_campaign_queue_lag_seconds",
+        "How long the oldest queued campaign recipient has been due (0 when none is overdue)",
+    )
+    lag.add_metric([], 0.0 if oldest is None else max(0.0, (now_us - int(oldest)) / 1e6))
+    yield lag
+
+
+class StoreCollector(Collector):
+    """Runs each probe in one read transaction per scrape (bounded to 2 s on PostgreSQL)."""
+
+    def __init__(self, engine: Engine, clock: Clock, probes: list[Probe] | None = None) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._probes: list[Probe] = list(probes or [campaign_queue])
+
+    def add_probe(self, probe: Probe) -> None:
+        self._probes.append(probe)
+
+    def describe(self) -> list[Metric]:
+        return []  # no store query at registration; names are checked at scrape time
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "consentgate_store_up", "1 when the store answered this scrape's queue queries"
+        )
+        gathered: list[Metric] = []
+        try:
+            with read_tx(self._engine) as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SET LOCAL statement_timeout = 2000"))
+                now_us = to_micros(self._clock.now())
+                for probe in self._probes:
+                    gathered.extend(probe(conn, now_us))
+        except (ConsentGateError, SQLAlchemyError, OSError) as exc:
+            log.warning("metrics: store queries failed (%s)", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from gathered
+
+
+__all__ = ["OPEN_RECIPIENT_STATES", "Probe", "StoreCollector", "campaign_queue"]
