@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -36,6 +37,11 @@ from consentgate.gate.notify import InvalidationListener, libpq_dsn
 from consentgate.ledger.store import LedgerStore
 from consentgate.observability.metrics import Metrics
 from consentgate.observability.store import StoreCollector
+from consentgate.outbox import store as outbox_store
+from consentgate.outbox.deliveries import DeliveryService
+from consentgate.outbox.endpoints import EndpointService
+from consentgate.outbox.relay import Relay, RelayWorker
+from consentgate.outbox.sender import HttpSender
 from consentgate.storage.engine import build_engine, migrate
 from consentgate.tenants.service import TenantService
 
@@ -64,23 +70,43 @@ class App:
     sandbox_secrets: dict[str, str]
     metrics: Metrics
     analytics: AnalyticsService
+    outbox: outbox_store.OutboxWriter
+    endpoints: EndpointService
+    deliveries: DeliveryService
     _listener: InvalidationListener | None = None
     _worker: DispatchWorker | None = None
+    _relay: RelayWorker | None = None
 
-    def start_background(self, *, workers: bool = True) -> None:
+    def start_background(
+        self, *, workers: bool = True, kinds: Collection[str] = ("dispatch", "relay")
+    ) -> None:
         """What a long-running process needs beyond requests: on PostgreSQL, the listener
         that evicts this process's consent cache when another process changes consent; and,
-        unless ``workers`` is False, the dispatch worker."""
+        unless ``workers`` is False, the workers named in ``kinds``: the dispatch worker
+        (campaign queue) and the relay (outbox → CRM/CMP webhooks)."""
         if self.engine.dialect.name == "postgresql" and self._listener is None:
             listener = InvalidationListener(libpq_dsn(self.engine), self.gate.cache)
             object.__setattr__(self, "_listener", listener)
             listener.start()
-        if workers and self._worker is None:
+        if workers and "dispatch" in kinds and self._worker is None:
             worker = DispatchWorker(self.campaigns)
             object.__setattr__(self, "_worker", worker)
             worker.start()
+        if workers and "relay" in kinds and self._relay is None:
+            relay = self.relay_worker()
+            object.__setattr__(self, "_relay", relay)
+            relay.start()
+
+    def relay_worker(self) -> RelayWorker:
+        """A relay worker (not started) with its own HTTP sender."""
+        hooks = self.settings.webhooks
+        sender = HttpSender(hooks.concurrency, hooks.timeout_seconds)
+        relay = Relay(self.engine, self.endpoints, self.clock, hooks, sender, metrics=self.metrics)
+        return RelayWorker(relay, sender, hooks.poll_seconds)
 
     def close(self) -> None:
+        if self._relay is not None:
+            self._relay.stop()
         if self._worker is not None:
             self._worker.stop()
         if self._listener is not None:
@@ -108,6 +134,7 @@ def build(
     metrics.bind_names(tenants.exists, lambda tenant, purpose: purpose in tenants.catalogue(tenant))
     links = SubjectLinks(keystore)
     cmp_settings = CmpSettings(engine, tenants, clock)
+    outbox = outbox_store.OutboxWriter()
     ingest = IngestService(
         engine,
         tenants,
@@ -117,6 +144,7 @@ def build(
         timedelta(seconds=settings.consent.future_skew_seconds),
         receipt_policy=cmp_settings.receipt_policy,
         metrics=metrics,
+        outbox=outbox,
     )
     committer = GroupCommitter(ingest)
     gate = ConsentGate(
@@ -137,6 +165,7 @@ def build(
         settings.consent.public_url,
         timedelta(seconds=settings.consent.dispatch_lease_seconds),
         metrics=metrics,
+        outbox=outbox,
     )
     adapters = {
         "generic": lambda _tenant, payload: generic.to_events(payload),
@@ -183,10 +212,14 @@ def build(
             clock,
             timedelta(seconds=settings.consent.dispatch_lease_seconds),
             metrics=metrics,
+            outbox=outbox,
         ),
         sandbox_secrets=sandbox_secrets,
         metrics=metrics,
         analytics=AnalyticsService(engine, tenants, keystore, clock),
+        outbox=outbox,
+        endpoints=EndpointService(engine, keystore, clock),
+        deliveries=DeliveryService(engine, clock),
         receipts=receipts,
         audit=AuditService(engine, tenants),
         exports=ExportService(

@@ -130,6 +130,47 @@ def serve(
 
 @cli.command()
 def migrate() -> None:
+class WorkerKind(StrEnum):
+    relay = "relay"
+    dispatch = "dispatch"
+    all = "all"
+
+
+@cli.command()
+def worker(
+    kind: Annotated[
+        WorkerKind,
+        typer.Option(help="relay (outbox → CRM/CMP webhooks), dispatch (campaigns) or all"),
+    ] = WorkerKind.all,
+    log_level: Annotated[str, typer.Option(help="Log level (debug, info, warning, ...)")] = "info",
+) -> None:
+    """Run background workers without the API until SIGTERM or SIGINT. Start as many as
+    wanted: they share the queues through the database (claims with leases; on PostgreSQL
+    FOR UPDATE SKIP LOCKED), and a killed one's claims are taken over when they expire."""
+    import signal
+    import threading
+
+    from consentgate.observability.logs import configure_logging
+
+    try:
+        log_format = load_settings().server.log_format
+    except ConsentGateError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(2) from None
+    configure_logging("text" if log_format == "text" else "json", log_level)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    kinds = ("dispatch", "relay") if kind is WorkerKind.all else (kind.value,)
+    log = logging.getLogger("consentgate.worker")
+    with _app() as app:
+        app.start_background(kinds=kinds)
+        log.info("consentgate worker running: %s", ", ".join(kinds), extra={"kinds": kinds})
+        while not stop.wait(0.5):
+            pass
+        log.info("consentgate worker stopping")
+
+
     """Apply database migrations (serve does this at start-up too)."""
     with _app():
         typer.echo("schema is up to date", err=True)

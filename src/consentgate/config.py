@@ -58,11 +58,26 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    """The outbox relay (CRM/CMP webhooks): retry schedule, HTTP, batching."""
+
+    retry_base_seconds: float = 5.0  # first retry within [0, base]; doubles per failure
+    retry_max_seconds: float = 3600.0  # cap of one retry's delay (before jitter)
+    give_up_seconds: float = 3 * 86_400.0  # then the delivery is dead (a dead letter)
+    timeout_seconds: float = 10.0  # per connect / read on the endpoint
+    concurrency: int = 32  # requests in flight per relay process
+    batch: int = 256  # deliveries claimed per pass
+    lease_seconds: float = 120.0  # a claim not finished by then is taken over
+    poll_seconds: float = 0.2  # idle wait between passes when nothing is due
+
+
+@dataclass(frozen=True)
 class Settings:
     storage: StorageSettings
     keys: KeySettings
     consent: ConsentSettings = field(default_factory=ConsentSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -73,6 +88,35 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise InvalidInput(f"{name} must be an integer", field=name) from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} must be a number", field=name) from None
+    if not value >= minimum or value == float("inf"):
+        raise InvalidInput(f"{name} must be a finite number >= {minimum}", field=name)
+    return value
+
+
+def _webhooks(env: Mapping[str, str]) -> WebhookSettings:
+    w = WebhookSettings()
+    return WebhookSettings(
+        retry_base_seconds=_float(
+            env, "CONSENTGATE_WEBHOOK_RETRY_BASE_SECONDS", w.retry_base_seconds
+        ),
+        retry_max_seconds=_float(env, "CONSENTGATE_WEBHOOK_RETRY_MAX_SECONDS", w.retry_max_seconds),
+        give_up_seconds=_float(env, "CONSENTGATE_WEBHOOK_GIVE_UP_SECONDS", w.give_up_seconds),
+        timeout_seconds=_float(env, "CONSENTGATE_WEBHOOK_TIMEOUT_SECONDS", w.timeout_seconds, 0.01),
+        concurrency=max(1, _int(env, "CONSENTGATE_WEBHOOK_CONCURRENCY", w.concurrency)),
+        batch=max(1, _int(env, "CONSENTGATE_WEBHOOK_BATCH", w.batch)),
+        lease_seconds=_float(env, "CONSENTGATE_WEBHOOK_LEASE_SECONDS", w.lease_seconds, 1.0),
+        poll_seconds=_float(env, "CONSENTGATE_WEBHOOK_POLL_SECONDS", w.poll_seconds, 0.001),
+    )
 
 
 def _log_format(env: Mapping[str, str]) -> str:
@@ -129,4 +173,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             log_format=_log_format(env),
             metrics_token=env.get("CONSENTGATE_METRICS_TOKEN", ""),
         ),
+        webhooks=_webhooks(env),
     )

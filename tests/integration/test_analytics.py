@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, insert, select
 
+from consentgate.analytics.budget import BudgetStore
 from consentgate.analytics.rules import MICRO
 from consentgate.bootstrap import App
 from consentgate.consent.ingest import EventInput
@@ -420,6 +421,30 @@ def test_concurrent_queries_never_overspend(core: App, tenant: dict[str, Any]) -
     assert sorted(outcomes) == ["ok"] * 3 + ["refused"] * 5
     assert spent(core, "acme", "2026-11") == pytest.approx(0.9)
     assert recorded_queries(core, "acme") == 3
+
+
+def test_racing_charges_spend_exactly_the_budget(core: App, tenant: dict[str, Any]) -> None:
+    """The charge alone, raced by more threads than the pool has connections."""
+    core.analytics.put_settings("acme", 10, 1.0, False)
+    store = BudgetStore(core.engine)
+    start = threading.Barrier(16)
+    refused: list[int] = []
+
+    def charge(i: int) -> None:
+        start.wait()
+        try:
+            store.charge("acme", "2026-11", 100_000, "test", {"i": i}, 0)
+        except BudgetExhausted:
+            refused.append(i)
+
+    threads = [threading.Thread(target=charge, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(refused) == 6
+    assert spent(core, "acme", "2026-11") == 1.0
+    assert recorded_queries(core, "acme") == 10
 
 
 # -- settings ---------------------------------------------------------------------------------

@@ -212,3 +212,56 @@ class AnalyticsSettingsIn(_Strict):
 class ConversionsIn(_Strict):
     month: str = Field(min_length=7, max_length=7, description="YYYY-MM the tokens belong to")
     tokens: list[Any] = Field(description="Join tokens of converted people (≤ 10000)")
+
+class CrmEndpointIn(_Strict):
+    """A CRM or CMP webhook endpoint. ``kind: cmp`` endpoints are not sent back the CMP's own
+    consent events, only withdrawals that originate here (STOP keywords, RBM unsubscribe)."""
+
+    url: str = Field(min_length=1, max_length=2000, description="http:// or https:// URL")
+    event_types: list[str] = Field(
+        min_length=1,
+        max_length=20,
+        description="consent.changed, message.decided, message.delivered, message.read, "
+        "message.failed",
+    )
+    kind: Literal["crm", "cmp"] = "crm"
+
+
+class CrmEndpointOut(BaseModel):
+    endpoint_id: str
+    url: str
+    kind: str
+    event_types: list[str]
+    active: bool
+    created_at: str
+    disabled_at: str | None
+
+
+class CrmEndpointCreatedOut(CrmEndpointOut):
+    secret: str = Field(description="whsec_<base64>: verifies webhook-signature; shown once")
+
+
+class CrmEndpointsOut(BaseModel):
+    endpoints: list[CrmEndpointOut]
+
+
+class DeliveryOut(BaseModel):
+    delivery_id: int
+    webhook_id: str = Field(description="Stable per event and endpoint, across retries")
+    endpoint_id: str
+    event_type: str
+    status: Literal["pending", "delivered", "dead"]
+    attempts: int
+    created_at: str
+    queued_at: str
+    next_attempt_at: str | None
+    last_attempt_at: str | None
+    delivered_at: str | None
+    last_status_code: int | None
+    last_error: str | None
+    event: dict[str, Any] = Field(description="The body sent: {type, timestamp, data}")
+
+
+class DeliveriesOut(BaseModel):
+    deliveries: list[DeliveryOut]
+    next_cursor: str | None

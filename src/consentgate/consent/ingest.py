@@ -32,6 +32,8 @@ from consentgate.errors import Conflict, InvalidInput
 from consentgate.ledger.leaf import LeafEvent, content_fingerprint
 from consentgate.ledger.store import LedgerStore, NewLeaf, b64
 from consentgate.observability.metrics import Metrics
+from consentgate.outbox import events as outbox_events
+from consentgate.outbox.store import OutboxWriter
 from consentgate.storage.engine import write_tx
 from consentgate.storage.tables import consent_state, ledger_entries
 from consentgate.tenants.service import TenantService
@@ -120,8 +122,10 @@ class IngestService:
         future_skew: timedelta = timedelta(minutes=5),
         receipt_policy: Callable[[str], ReceiptPolicy] | None = None,
         metrics: Metrics | None = None,
+        outbox: OutboxWriter | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
+        self._outbox = outbox
         self._receipt_policy = receipt_policy or (lambda _tenant: ReceiptPolicy())
         self._listeners: list[Callable[[str, list[tuple[str, str]]], None]] = []
         self._engine = engine
@@ -341,9 +345,11 @@ class IngestService:
                     for c, leaf in fresh
                 ]
                 hashes, _ = self._ledger.append(conn, tenant, head, new_leaves, now_us)
-                changed_keys = self._update_state(conn, tenant, fresh, catalogue, now_us)
+                changed_keys, applied = self._update_state(conn, tenant, fresh, catalogue, now_us)
                 if changed_keys and conn.dialect.name == "postgresql":
                     notify_changes(conn, tenant, changed_keys)
+                if self._outbox is not None:
+                    self._record_outbox(conn, tenant, fresh, applied, now_us)
             first_result: dict[str, IngestResult] = {}
             for (c, leaf), digest in zip(fresh, hashes, strict=True):
                 result = IngestResult(leaf.event_id, leaf.seq, c.hashed_id, b64(digest), True)
@@ -428,7 +434,9 @@ class IngestService:
         fresh: list[tuple[_Checked, LeafEvent]],
         catalogue: dict[str, Purpose],
         now_us: int,
-    ) -> list[tuple[str, str]]:
+    ) -> tuple[list[tuple[str, str]], set[int]]:
+        """Move the state view; return the keys whose state changed and the seqs of the
+        events that became their key's state when applied (in ledger order)."""
         pairs = sorted({(c.subject_ref, leaf.consent_type) for c, leaf in fresh})
         current: dict[tuple[str, str], StateEntry] = {}
         for start in range(0, len(pairs), 400):
@@ -444,15 +452,48 @@ class IngestService:
                     ConsentStatus(r.status), from_micros(r.effective_us), r.event_seq, r.consent_id
                 )
         changed: dict[tuple[str, str], StateEntry] = {}
+        applied: set[int] = set()
         for c, leaf in fresh:
             key = (c.subject_ref, leaf.consent_type)
             candidate = StateEntry(c.status, from_micros(c.timestamp_us), leaf.seq, leaf.consent_id)
             winner = rules.apply(changed.get(key, current.get(key)), candidate)
             if winner is not None:
                 changed[key] = winner
+                applied.add(leaf.seq)
         if changed:
             upsert_state(conn, tenant, changed, catalogue, now_us)
-        return sorted(changed)
+        return sorted(changed), applied
+
+    def _record_outbox(
+        self,
+        conn: Connection,
+        tenant: str,
+        fresh: list[tuple[_Checked, LeafEvent]],
+        applied: set[int],
+        now_us: int,
+    ) -> None:
+        """One ``consent.changed`` per newly recorded event, in this transaction."""
+        assert self._outbox is not None
+        self._outbox.record(
+            conn,
+            tenant,
+            [
+                outbox_events.consent_changed(
+                    subject_ref=c.subject_ref,
+                    hashed_id=c.hashed_id,
+                    consent_type=leaf.consent_type,
+                    status=leaf.status,
+                    timestamp=leaf.timestamp,
+                    cmp_version=leaf.cmp_version,
+                    consent_id=leaf.consent_id,
+                    ledger_seq=leaf.seq,
+                    source=leaf.source,
+                    state_changed=leaf.seq in applied,
+                )
+                for c, leaf in fresh
+            ],
+            now_us,
+        )
 
 
 def upsert_state(

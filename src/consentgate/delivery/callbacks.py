@@ -59,6 +59,8 @@ from consentgate.domain.identity import normalise_phone
 from consentgate.domain.timeutil import format_rfc3339, from_micros, to_micros
 from consentgate.errors import Conflict, ConsentGateError, InvalidInput, NotFound
 from consentgate.observability.metrics import Metrics
+from consentgate.outbox import events as outbox_events
+from consentgate.outbox.store import OutboxWriter
 from consentgate.storage.engine import read_tx, write_tx
 from consentgate.storage.tables import message_events, messages, subject_links
 from consentgate.tenants.service import TenantService
@@ -125,8 +127,10 @@ class CallbackService:
         providers: Providers,
         clock: Clock,
         metrics: Metrics | None = None,
+        outbox: OutboxWriter | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
+        self._outbox = outbox
         self._engine = engine
         self._tenants = tenants
         self._links = links
@@ -180,7 +184,13 @@ class CallbackService:
         lower = [s for s, rank in STATUS_RANK.items() if rank < STATUS_RANK[event.kind]]
         with write_tx(self._engine) as conn:
             rows = conn.execute(
-                select(messages.c.id, messages.c.tenant_id).where(
+                select(
+                    messages.c.id,
+                    messages.c.tenant_id,
+                    messages.c.subject_ref,
+                    messages.c.consent_type,
+                    messages.c.campaign_id,
+                ).where(
                     messages.c.provider == provider,
                     messages.c.provider_message_id == event.provider_message_id,
                 )
@@ -203,6 +213,19 @@ class CallbackService:
                             at_us=at_us,
                         )
                     )
+                    if self._outbox is not None and row.subject_ref is not None:
+                        receipt = outbox_events.message_receipt(
+                            event.kind,
+                            message_id=row.id,
+                            subject_ref=row.subject_ref,
+                            consent_type=row.consent_type,
+                            campaign_id=row.campaign_id,
+                            provider=provider,
+                            at=format_rfc3339(from_micros(at_us)),
+                        )
+                        self._outbox.record(
+                            conn, row.tenant_id, [receipt], to_micros(self._clock.now())
+                        )
                 conn.execute(
                     update(messages)
                     .where(and_(messages.c.id == row.id, messages.c.status.in_(lower)))

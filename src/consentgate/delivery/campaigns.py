@@ -24,7 +24,7 @@ from datetime import timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from consentgate.consent.subjects import SubjectLinks
 from consentgate.crypto.keystore import KeyStore
@@ -37,8 +37,10 @@ from consentgate.domain.timeutil import to_micros
 from consentgate.errors import Conflict, ConsentGateError, InvalidInput, NotFound
 from consentgate.gate.gate import ConsentGate
 from consentgate.observability.metrics import Metrics
+from consentgate.outbox import events as outbox_events
+from consentgate.outbox.store import OutboxWriter
 from consentgate.storage.engine import read_tx, write_tx
-from consentgate.storage.tables import campaign_recipients, campaigns
+from consentgate.storage.tables import campaign_recipients, campaigns, subject_links
 from consentgate.tenants.service import TenantService
 
 BATCH = 1000
@@ -93,8 +95,10 @@ class CampaignService:
         clock: Clock,
         lease: timedelta = timedelta(seconds=60),
         metrics: Metrics | None = None,
+        outbox: OutboxWriter | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
+        self._outbox = outbox
         self._lease_us = int(lease.total_seconds() * 1_000_000)
         self._engine = engine
         self._tenants = tenants
@@ -376,10 +380,36 @@ class CampaignService:
             )
         self._metrics.campaign_recipients(
             r.tenant_id, "retried" if values["state"] == "queued" else "done"
+            if "message_id" not in values and values["state"] == "done":
+                self._decided_without_message(conn, r)
         )
 
     def _close_finished(self, campaign_ids: set[str]) -> None:
         for campaign_id in campaign_ids:
+    def _decided_without_message(self, conn: Connection, r: Any) -> None:
+        """A recipient settled without a message (it could not be sent as stored): its
+        ``message.decided`` (no message_id) goes out like any other decision."""
+        if self._outbox is None or r.hashed_id is None:
+            return
+        ref = conn.execute(
+            select(subject_links.c.subject_ref).where(
+                subject_links.c.tenant_id == r.tenant_id,
+                subject_links.c.hashed_id == r.hashed_id,
+            )
+        ).scalar()
+        event = outbox_events.message_decided(
+            message_id=None,
+            subject_ref=ref,
+            hashed_id=r.hashed_id,
+            consent_type=r.consent_type,
+            action="skipped",
+            mode=None,
+            reason=ReasonCode.AMBIGUOUS.value,
+            consent_seq=None,
+            campaign_id=r.campaign_id,
+        )
+        self._outbox.record(conn, r.tenant_id, [event], self._now())
+
             with write_tx(self._engine) as conn:
                 open_ = conn.execute(
                     select(func.count())

@@ -46,6 +46,8 @@ from consentgate.domain.timeutil import to_micros
 from consentgate.errors import Conflict, InvalidInput, NotFound
 from consentgate.gate.gate import ConsentGate
 from consentgate.observability.metrics import Metrics
+from consentgate.outbox import events as outbox_events
+from consentgate.outbox.store import OutboxWriter
 from consentgate.storage.engine import read_tx, write_tx
 from consentgate.storage.tables import messages
 from consentgate.tenants.service import TenantService
@@ -85,8 +87,10 @@ class MessageService:
         public_url: str,
         stale_claim: timedelta = timedelta(seconds=60),
         metrics: Metrics | None = None,
+        outbox: OutboxWriter | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
+        self._outbox = outbox
         # A pending claim this old belongs to a worker that died.
         self._stale_claim_us = int(stale_claim.total_seconds() * 1_000_000)
         self._engine = engine
@@ -194,7 +198,9 @@ class MessageService:
                 device=None,
                 now=self._clock.now(),
             )
-            return self._finish(tenant, message_id, ref, decision, None, None, "skipped", None)
+            return self._finish(
+                tenant, message_id, ref, hashed.current, decision, None, None, "skipped", None
+            )
         try:
             caps = self._providers.rcs.capabilities(to.value)
             report = CapabilityReport(caps.rcs, caps.native_e2ee)
@@ -230,12 +236,21 @@ class MessageService:
                 else ReasonCode.PROVIDER_UNAVAILABLE
             )
             return self._finish(
-                tenant, message_id, ref, decision, provider.name, None, "failed", reason
+                tenant,
+                message_id,
+                ref,
+                hashed.current,
+                decision,
+                provider.name,
+                None,
+                "failed",
+                reason,
             )
         return self._finish(
             tenant,
             message_id,
             ref,
+            hashed.current,
             decision,
             provider.name,
             receipt.provider_message_id,
@@ -373,14 +388,17 @@ class MessageService:
         tenant: str,
         message_id: str,
         ref: str | None,
+        hashed_id: str,
         decision: SendDecision,
         provider: str | None,
         provider_message_id: str | None,
         status: str,
         failure: ReasonCode | None,
     ) -> dict[str, Any]:
+        """Store the decision and, in the same transaction, its ``message.decided`` event."""
         action = "skipped" if failure is not None else decision.action.value
         reason = failure or decision.reason
+        now_us = to_micros(self._clock.now())
         with write_tx(self._engine) as conn:
             conn.execute(
                 update(messages)
@@ -395,9 +413,22 @@ class MessageService:
                     provider=provider,
                     provider_message_id=provider_message_id,
                     status=status,
-                    updated_us=to_micros(self._clock.now()),
+                    updated_us=now_us,
                 )
             )
             row = conn.execute(select(messages).where(messages.c.id == message_id)).one()
+            if self._outbox is not None:
+                event = outbox_events.message_decided(
+                    message_id=row.id,
+                    subject_ref=ref,
+                    hashed_id=hashed_id,
+                    consent_type=row.consent_type,
+                    action=row.action,
+                    mode=row.mode,
+                    reason=row.reason,
+                    consent_seq=row.consent_seq,
+                    campaign_id=row.campaign_id,
+                )
+                self._outbox.record(conn, tenant, [event], now_us)
         self._metrics.send_decided(tenant, row.action, row.mode, row.reason)
         return _response(row)

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -260,6 +261,81 @@ campaign_recipients = Table(
     Column("attempts", Integer, nullable=False),
     Column("due_us", BigInteger, nullable=False),
     Index("ix_recipients_due", "state", "due_us"),
+)
+
+# Outbox (0005): what CRM/CMP endpoints are to be told, written in the transaction of the
+# change it reports, and one delivery per (event, endpoint). ``order_key`` is the subject's
+# random subject_ref (``h:<hashed_id>`` for a message to someone who is no subject); ``body``
+# the exact JSON every endpoint receives. Endpoint secrets are stored wrapped by the key store.
+crm_endpoints = Table(
+    "crm_endpoints",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("event_types", String(400), nullable=False),  # comma-separated
+    Column("secret_wrapped", LargeBinary, nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("disabled_us", BigInteger, nullable=True),
+    Index("ix_crm_endpoints_tenant", "tenant_id", "active"),
+)
+
+_SERIAL = BigInteger().with_variant(Integer(), "sqlite")  # SQLite: the rowid itself
+_PENDING = text("status = 'pending'")  # a literal, so SQLite can use the partial indexes
+
+outbox_events = Table(
+    "outbox_events",
+    metadata,
+    Column("seq", _SERIAL, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), nullable=False),
+    Column("event_id", String(32), nullable=False),
+    Column("event_type", String(32), nullable=False),
+    Column("order_key", String(80), nullable=False),
+    Column("to_cmp", Boolean, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Index("ix_outbox_events_order_key", "tenant_id", "order_key"),
+    Index("ix_outbox_events_time", "tenant_id", "created_us"),
+)
+
+# status: pending (due at due_us; while claimed, due_us is the claim's lease) → delivered |
+# dead. A replay puts a delivered or dead one back to pending under the same webhook-id.
+outbox_deliveries = Table(
+    "outbox_deliveries",
+    metadata,
+    Column("id", _SERIAL, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), nullable=False),
+    Column(
+        "event_seq",
+        BigInteger,
+        ForeignKey("outbox_events.seq", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("endpoint_id", String(32), ForeignKey("crm_endpoints.id"), nullable=False),
+    Column("order_key", String(80), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("due_us", BigInteger, nullable=False),
+    Column("claim", String(32), nullable=True),
+    Column("queued_us", BigInteger, nullable=False),
+    Column("last_attempt_us", BigInteger, nullable=True),
+    Column("delivered_us", BigInteger, nullable=True),
+    Column("last_status", SmallInteger, nullable=True),
+    Column("last_error", String(64), nullable=True),
+    Index("ix_outbox_deliveries_due", "due_us", sqlite_where=_PENDING, postgresql_where=_PENDING),
+    Index(
+        "ix_outbox_deliveries_order",
+        "endpoint_id",
+        "order_key",
+        "event_seq",
+        sqlite_where=_PENDING,
+        postgresql_where=_PENDING,
+    ),
+    Index("ix_outbox_deliveries_list", "tenant_id", "status", "id"),
+    Index("ix_outbox_deliveries_event", "event_seq"),
+    sqlite_autoincrement=True,  # a deleted delivery's id is never handed out again
 )
 
 # Analytics (0006). Epsilon is kept in integer micro-units so a budget adds up exactly.

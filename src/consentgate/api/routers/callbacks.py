@@ -39,6 +39,7 @@ def _service(request: Request) -> CallbackService:
             core.messages.providers,
             core.clock,
             core.metrics,
+            outbox=core.outbox,
         )
         request.app.state.callback_service = service
     return service

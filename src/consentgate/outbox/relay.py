@@ -1,0 +1,265 @@
+"""The relay: claim due deliveries, send them as signed webhooks, record the outcomes.
+
+One pass (:meth:`Relay.run_once`) is three steps, each batched: a claim transaction (up to
+``batch`` deliveries, ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so any number of relay
+processes share the queue; the claim is a lease: ``due_us`` moves to its end and a random
+token marks the claimer), the HTTP requests (concurrently, :mod:`consentgate.outbox.sender`),
+and one outcome transaction that only touches rows still carrying this pass's token. A relay
+that dies leaves its claims to expire; they are then claimed again and re-sent under the same
+``webhook-id`` (at-least-once; receivers de-duplicate).
+
+Order per (endpoint, subject): a delivery is claimable only while no earlier delivery of the
+same endpoint and ``order_key`` is pending (in flight, or waiting for a retry). A subject's
+events therefore reach an endpoint one at a time, in the order they were recorded; a dead one
+stops blocking its successors.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, bindparam, exists, select, update
+
+from consentgate.config import WebhookSettings
+from consentgate.domain.clock import Clock
+from consentgate.domain.timeutil import to_micros
+from consentgate.observability.metrics import Metrics
+from consentgate.outbox import rules
+from consentgate.outbox.endpoints import EndpointService
+from consentgate.outbox.sender import Request, Result, Sender
+from consentgate.outbox.store import PENDING
+from consentgate.storage.engine import write_tx
+from consentgate.storage.tables import crm_endpoints, outbox_deliveries, outbox_events
+
+log = logging.getLogger("consentgate.relay")
+
+d, e, p = outbox_deliveries, outbox_events, crm_endpoints
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    delivery_id: int
+    tenant: str
+    endpoint_id: str
+    kind: str
+    url: str
+    secret: bytes
+    event_type: str
+    webhook_id: str
+    body: bytes
+    attempts: int  # before this one
+    queued_us: int
+    created_us: int
+
+
+class Relay:
+    def __init__(
+        self,
+        engine: Engine,
+        endpoints: EndpointService,
+        clock: Clock,
+        settings: WebhookSettings,
+        sender: Sender,
+        *,
+        metrics: Metrics | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._engine = engine
+        self._endpoints = endpoints
+        self._clock = clock
+        self._settings = settings
+        self._sender = sender
+        self._metrics = metrics or Metrics()
+        self._rand = rand
+        self._policy = rules.RetryPolicy(
+            settings.retry_base_seconds, settings.retry_max_seconds, settings.give_up_seconds
+        )
+        self._secrets: dict[tuple[str, str], bytes] = {}
+
+    def _now(self) -> int:
+        return to_micros(self._clock.now())
+
+    def run_once(self) -> int:
+        """One pass; returns how many deliveries were claimed (0: nothing was due)."""
+        started = time.monotonic()
+        token, jobs = self._claim()
+        if not jobs:
+            return 0
+        # Stop starting requests well before the lease ends: a request may take the timeout.
+        lease = self._settings.lease_seconds
+        deadline = started + max(lease / 2, lease - 2 * self._settings.timeout_seconds)
+        results = self._sender.send_all([self._request(j) for j in jobs], deadline)
+        self._record(token, jobs, results)
+        return len(jobs)
+
+    def _request(self, job: Job) -> Request:
+        def headers() -> dict[str, str]:
+            at = int(self._clock.now().timestamp())
+            return rules.signed_headers(job.secret, job.webhook_id, at, job.body)
+
+        return Request(job.url, job.body, headers)
+
+    def _claim(self) -> tuple[str, list[Job]]:
+        now = self._now()
+        token = secrets.token_hex(16)
+        earlier = d.alias("earlier")
+        blocked = exists().where(
+            earlier.c.endpoint_id == d.c.endpoint_id,
+            earlier.c.order_key == d.c.order_key,
+            earlier.c.event_seq < d.c.event_seq,
+            earlier.c.status == PENDING,
+        )
+        due = (
+            select(d.c.id)
+            .where(d.c.status == PENDING, d.c.due_us <= now, ~blocked)
+            .order_by(d.c.due_us)
+            .limit(self._settings.batch)
+        )
+        with write_tx(self._engine) as conn:
+            if conn.dialect.name == "postgresql":
+                due = due.with_for_update(skip_locked=True, of=d)
+            ids = list(conn.execute(due).scalars())
+            if not ids:
+                return token, []
+            lease = now + int(self._settings.lease_seconds * 1_000_000)
+            conn.execute(update(d).where(d.c.id.in_(ids)).values(claim=token, due_us=lease))
+            rows = conn.execute(
+                select(
+                    d.c.id,
+                    d.c.tenant_id,
+                    d.c.attempts,
+                    d.c.queued_us,
+                    e.c.event_id,
+                    e.c.event_type,
+                    e.c.body,
+                    e.c.created_us,
+                    p.c.id.label("endpoint_id"),
+                    p.c.kind,
+                    p.c.url,
+                    p.c.secret_wrapped,
+                )
+                .join(e, e.c.seq == d.c.event_seq)
+                .join(p, p.c.id == d.c.endpoint_id)
+                .where(d.c.id.in_(ids))
+                .order_by(d.c.due_us, d.c.id)
+            ).all()
+        return token, [self._job(r) for r in rows]
+
+    def _job(self, r: Any) -> Job:
+        key = (r.tenant_id, r.endpoint_id)
+        secret = self._secrets.get(key)
+        if secret is None:
+            secret = self._endpoints.secret(r.tenant_id, r.endpoint_id, bytes(r.secret_wrapped))
+            self._secrets[key] = secret
+        return Job(
+            delivery_id=int(r.id),
+            tenant=r.tenant_id,
+            endpoint_id=r.endpoint_id,
+            kind=r.kind,
+            url=r.url,
+            secret=secret,
+            event_type=r.event_type,
+            webhook_id=rules.webhook_id(r.event_id, r.endpoint_id),
+            body=r.body.encode(),
+            attempts=int(r.attempts),
+            queued_us=int(r.queued_us),
+            created_us=int(r.created_us),
+        )
+
+    def _record(self, token: str, jobs: list[Job], results: list[Result]) -> None:
+        now = self._now()
+        done: list[dict[str, Any]] = []
+        untried: list[dict[str, Any]] = []
+        tally: list[tuple[Job, str]] = []
+        for job, result in zip(jobs, results, strict=True):
+            if not result.attempted:
+                untried.append({"b_id": job.delivery_id})
+                continue
+            attempts = job.attempts + 1
+            row = {
+                "b_id": job.delivery_id,
+                "b_attempts": attempts,
+                "b_code": result.status,
+                "b_error": result.error,
+                "b_delivered": None,
+                "b_due": now,
+            }
+            if result.ok:
+                row.update(b_status="delivered", b_delivered=now)
+                tally.append((job, "delivered"))
+            else:
+                retry = self._policy.after_failure(attempts, now, job.queued_us, self._rand)
+                if retry is None:
+                    row["b_status"] = "dead"
+                    tally.append((job, "dead"))
+                    log.warning(
+                        "webhook delivery %d to endpoint %s is dead after %d attempts (%s)",
+                        job.delivery_id,
+                        job.endpoint_id,
+                        attempts,
+                        result.error,
+                    )
+                else:
+                    row.update(b_status="pending", b_due=retry)
+                    tally.append((job, "failed"))
+            done.append(row)
+        mine = (d.c.id == bindparam("b_id"), d.c.claim == token)
+        with write_tx(self._engine) as conn:
+            if done:
+                conn.execute(
+                    update(d)
+                    .where(*mine)
+                    .values(
+                        status=bindparam("b_status"),
+                        attempts=bindparam("b_attempts"),
+                        due_us=bindparam("b_due"),
+                        claim=None,
+                        last_attempt_us=now,
+                        delivered_us=bindparam("b_delivered"),
+                        last_status=bindparam("b_code"),
+                        last_error=bindparam("b_error"),
+                    ),
+                    done,
+                )
+            if untried:
+                conn.execute(update(d).where(*mine).values(claim=None, due_us=now), untried)
+        for job, outcome in tally:
+            lag = (now - job.created_us) / 1e6 if outcome == "delivered" else None
+            self._metrics.webhook_delivery(job.kind, job.event_type, outcome, lag)
+
+
+class RelayWorker:
+    """A thread that runs the relay until stopped."""
+
+    def __init__(self, relay: Relay, sender: Sender, idle_seconds: float = 0.2) -> None:
+        self._relay = relay
+        self._sender = sender
+        self._idle = idle_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="relay", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+        self._sender.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                handled = self._relay.run_once()
+            except Exception as exc:  # the store is down, say: retry later
+                log.warning("relay pass failed (%s); retrying", type(exc).__name__)
+                handled = 0
+            if handled == 0:
+                self._stop.wait(self._idle)

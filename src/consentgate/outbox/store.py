@@ -1,0 +1,115 @@
+"""Writing outbox events, inside the caller's transaction, and removing them.
+
+:meth:`OutboxWriter.record` is called on the connection of the change it reports (a ledger
+append, a send decision, a receipt), so the event exists if and only if the change committed.
+It costs a fixed number of statements however many events: one read of the tenant's active
+endpoints, one multi-row insert of events, one multi-row insert of their deliveries (fan-out
+happens here, at write time: an endpoint hears of events recorded after it was registered).
+
+:func:`erase_subject` is for erasure: the payloads hold ``hashed_id`` s, which link a
+subject's ledger leaves to a person, so an erased subject's events go entirely, deliveries
+included. (Retention deletes finished events by age: ``consentgate.privacy.retention``.)
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    delete,
+    insert,
+    literal_column,
+    select,
+    true,
+)
+
+from consentgate.domain.timeutil import format_rfc3339, from_micros
+from consentgate.outbox import rules
+from consentgate.outbox.events import OutboxEvent, render
+from consentgate.storage.tables import crm_endpoints, outbox_deliveries, outbox_events
+
+# A literal, not a bound parameter: SQLite uses a partial index only for a literal match.
+PENDING: ColumnElement[str] = literal_column("'pending'")
+
+
+class OutboxWriter:
+    def record(
+        self, conn: Connection, tenant: str, events: Sequence[OutboxEvent], now_us: int
+    ) -> int:
+        """Add ``events`` (in order) and one pending delivery per subscribed endpoint; return
+        the number of deliveries queued. Runs in the caller's transaction."""
+        if not events:
+            return 0
+        created = format_rfc3339(from_micros(now_us))
+        rows: list[dict[str, Any]] = [
+            {
+                "tenant_id": tenant,
+                "event_id": uuid.uuid4().hex,
+                "event_type": e.event_type,
+                "order_key": e.order_key,
+                "to_cmp": e.to_cmp,
+                "body": render(e, created),
+                "created_us": now_us,
+            }
+            for e in events
+        ]
+        endpoints = [
+            (r.id, r.kind, frozenset(r.event_types.split(",")))
+            for r in conn.execute(
+                select(crm_endpoints.c.id, crm_endpoints.c.kind, crm_endpoints.c.event_types).where(
+                    crm_endpoints.c.tenant_id == tenant, crm_endpoints.c.active == true()
+                )
+            )
+        ]
+        if not endpoints:
+            conn.execute(insert(outbox_events), rows)
+            return 0
+        seqs = (
+            conn.execute(
+                insert(outbox_events).returning(outbox_events.c.seq, sort_by_parameter_order=True),
+                rows,
+            )
+            .scalars()
+            .all()
+        )
+        deliveries = [
+            {
+                "tenant_id": tenant,
+                "event_seq": seq,
+                "endpoint_id": endpoint_id,
+                "order_key": row["order_key"],
+                "status": "pending",
+                "attempts": 0,
+                "due_us": now_us,
+                "queued_us": now_us,
+            }
+            for row, seq in zip(rows, seqs, strict=True)
+            for endpoint_id, kind, types in endpoints
+            if rules.wants(kind, types, row["event_type"], row["to_cmp"])
+        ]
+        if deliveries:
+            conn.execute(insert(outbox_deliveries), deliveries)
+        return len(deliveries)
+
+
+def erase_subject(
+    conn: Connection, tenant: str, subject_ref: str, hashed_ids: Iterable[str] = ()
+) -> int:
+    """Delete every outbox event of the subject (and its deliveries, whatever their state);
+    return how many events went. ``hashed_ids``: the subject's keyed hashes, to also remove
+    decisions on messages sent to the number before it was a subject (keyed ``h:<hash>``)."""
+    keys = [subject_ref, *(f"h:{h}" for h in hashed_ids)]
+    theirs = select(outbox_events.c.seq).where(
+        outbox_events.c.tenant_id == tenant, outbox_events.c.order_key.in_(keys)
+    )
+    conn.execute(delete(outbox_deliveries).where(outbox_deliveries.c.event_seq.in_(theirs)))
+    removed = conn.execute(
+        delete(outbox_events).where(
+            outbox_events.c.tenant_id == tenant, outbox_events.c.order_key.in_(keys)
+        )
+    ).rowcount
+    return int(removed or 0)
