@@ -128,8 +128,6 @@ def serve(
         )
 
 
-@cli.command()
-def migrate() -> None:
 class WorkerKind(StrEnum):
     relay = "relay"
     dispatch = "dispatch"
@@ -171,6 +169,8 @@ def worker(
         log.info("consentgate worker stopping")
 
 
+@cli.command()
+def migrate() -> None:
     """Apply database migrations (serve does this at start-up too)."""
     with _app():
         typer.echo("schema is up to date", err=True)

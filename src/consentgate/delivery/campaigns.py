@@ -378,14 +378,12 @@ class CampaignService:
                 )
                 .values(**values)
             )
-        self._metrics.campaign_recipients(
-            r.tenant_id, "retried" if values["state"] == "queued" else "done"
             if "message_id" not in values and values["state"] == "done":
                 self._decided_without_message(conn, r)
+        self._metrics.campaign_recipients(
+            r.tenant_id, "retried" if values["state"] == "queued" else "done"
         )
 
-    def _close_finished(self, campaign_ids: set[str]) -> None:
-        for campaign_id in campaign_ids:
     def _decided_without_message(self, conn: Connection, r: Any) -> None:
         """A recipient settled without a message (it could not be sent as stored): its
         ``message.decided`` (no message_id) goes out like any other decision."""
@@ -410,6 +408,8 @@ class CampaignService:
         )
         self._outbox.record(conn, r.tenant_id, [event], self._now())
 
+    def _close_finished(self, campaign_ids: set[str]) -> None:
+        for campaign_id in campaign_ids:
             with write_tx(self._engine) as conn:
                 open_ = conn.execute(
                     select(func.count())
