@@ -7,6 +7,8 @@
   depends only on the set of events, never on their arrival order.
 * A late-arriving older event is kept in the ledger but leaves the state alone.
 * A purpose may have a maximum age after which a grant reads as ``expired``.
+* An erasure leaf (status ``erased``, purpose ``*``) removes the subject's state for every
+  purpose, in ledger order.
 """
 
 from __future__ import annotations
@@ -123,6 +125,29 @@ def fold(events: Iterable[tuple[str, str, StateEntry]]) -> dict[tuple[str, str],
         if winner is not None:
             state[key] = winner
     return state
+
+
+# Erasure (DESIGN §3): a leaf with this status and purpose ends a subject. It is not a
+# consent status (ingest never accepts it); replay applies it in ledger order, whatever the
+# timestamps, and the subject's ref is never linked to anyone again.
+ERASED = "erased"
+ALL_PURPOSES = "*"
+
+
+def is_erasure(status: str, purpose: str) -> bool:
+    return status == ERASED and purpose == ALL_PURPOSES
+
+
+def forget(
+    state: dict[tuple[str, str], StateEntry], subject_ref: str, purposes: Iterable[str]
+) -> list[tuple[str, str]]:
+    """Apply an erasure to a replayed ``state``: drop the subject's entry for each of
+    ``purposes`` (every purpose seen so far). Returns the keys removed."""
+    removed = []
+    for purpose in purposes:
+        if state.pop((subject_ref, purpose), None) is not None:
+            removed.append((subject_ref, purpose))
+    return removed
 
 
 def check_not_future(

@@ -21,6 +21,7 @@ class ReasonCode(StrEnum):
     E2EE_UNAVAILABLE = "e2ee_unavailable"
     PROVIDER_REJECTED = "provider_rejected"
     PROVIDER_UNAVAILABLE = "provider_unavailable"
+    ERASED = "erased"  # a queued campaign recipient whose subject was erased before dispatch
 
 
 def consent_refusal(view: StateView | None, now: datetime) -> ReasonCode | None:

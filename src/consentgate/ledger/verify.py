@@ -8,7 +8,7 @@ Checks, streaming the ledger in seq order (memory: the state map and one chunk):
 * every checkpoint: its Ed25519 signature under one of the tenant's keys, and its root
   against the recomputed root at its size (an edit that also rewrote hashes);
 * the head (size, root, frontier) and the state view recomputed from the leaves (a drifted
-  state row, a state row with no event).
+  state row, a state row with no event, a state row left behind by an erasure leaf).
 """
 
 from __future__ import annotations
@@ -115,6 +115,7 @@ def verify_tenant(
     frontier = merkle.CompactRange()
     nodes = _NodeChecker(conn, tenant)
     state: dict[tuple[str, str], StateEntry] = {}
+    purposes_seen: set[str] = set()
     cp_index, last_good_cp = 0, 0
     expected = 0
 
@@ -169,16 +170,20 @@ def verify_tenant(
                 raise LedgerTampered(f"leaf {seq} does not match its recorded hash", seq=seq)
             _check_columns(row, leaf, tenant, seq)
             nodes.add(frontier.append(digest))
-            entry = StateEntry(
-                ConsentStatus(row.status),
-                from_micros(int(row.ts_us)),
-                seq,
-                row.consent_id,
-            )
-            key = (row.subject_ref, row.consent_type)
-            winner = rules.apply(state.get(key), entry)
-            if winner is not None:
-                state[key] = winner
+            if rules.is_erasure(row.status, row.consent_type):
+                rules.forget(state, row.subject_ref, purposes_seen)
+            else:
+                entry = StateEntry(
+                    _status(row.status, seq),
+                    from_micros(int(row.ts_us)),
+                    seq,
+                    row.consent_id,
+                )
+                key = (row.subject_ref, row.consent_type)
+                purposes_seen.add(row.consent_type)
+                winner = rules.apply(state.get(key), entry)
+                if winner is not None:
+                    state[key] = winner
             check_checkpoints()
             expected += 1
         if progress is not None:
@@ -204,6 +209,13 @@ def verify_tenant(
         )
     state_rows = _check_state(conn, tenant, state, max_age)
     return VerifyReport(tenant, size, b64(frontier.root()), len(cps), nodes.checked, state_rows)
+
+
+def _status(value: str, seq: int) -> ConsentStatus:
+    try:
+        return ConsentStatus(value)
+    except ValueError:
+        raise LedgerTampered(f"leaf {seq} has an unknown status", seq=seq) from None
 
 
 def _check_columns(row: Any, leaf: bytes, tenant: str, seq: int) -> None:

@@ -58,6 +58,9 @@ def _configure_sqlite(engine: Engine, settings: StorageSettings) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(settings.busy_timeout_ms)}")
         cursor.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
+        # Deleted and overwritten content is zeroed, not just unlinked: an erased subject's
+        # link (or a purged sealed number) must not survive in free pages of the file.
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -159,6 +159,7 @@ webhook_receipts = Table(
     Column("status_code", SmallInteger, nullable=False),
     Column("response", Text, nullable=False),
     Column("received_us", BigInteger, nullable=False),
+    Index("ix_webhook_receipts_time", "tenant_id", "received_us"),  # 0007: retention
 )
 
 devices = Table(
@@ -215,6 +216,7 @@ messages = Table(
     UniqueConstraint("tenant_id", "idempotency_key", name="uq_messages_idempotency"),
     Index("ix_messages_provider_id", "provider", "provider_message_id"),
     Index("ix_messages_tenant_time", "tenant_id", "created_us"),
+    Index("ix_messages_subject", "tenant_id", "subject_ref"),  # 0007: erasure
 )
 
 message_events = Table(
@@ -226,6 +228,7 @@ message_events = Table(
     Column("kind", String(16), nullable=False),
     Column("at_us", BigInteger, nullable=False),
     Index("ix_message_events_message", "message_id"),  # created by 0003
+    Index("ix_message_events_time", "tenant_id", "at_us"),  # 0007: retention
 )
 
 campaigns = Table(
@@ -250,7 +253,7 @@ campaign_recipients = Table(
     Column("campaign_id", String(36), ForeignKey("campaigns.id"), primary_key=True),
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("tenant_id", String(63), ForeignKey("tenants.id"), nullable=False),
-    Column("hashed_id", String(64), nullable=False),
+    Column("hashed_id", String(64), nullable=True),  # NULL once its subject is erased
     Column("sealed", LargeBinary, nullable=True),
     Column("wrapped_key", LargeBinary, nullable=True),
     Column("state", String(16), nullable=False),
@@ -261,6 +264,7 @@ campaign_recipients = Table(
     Column("attempts", Integer, nullable=False),
     Column("due_us", BigInteger, nullable=False),
     Index("ix_recipients_due", "state", "due_us"),
+    Index("ix_recipients_hashed", "tenant_id", "hashed_id"),  # 0007: erasure
 )
 
 # Outbox (0005): what CRM/CMP endpoints are to be told, written in the transaction of the
@@ -380,4 +384,25 @@ analytics_conversions = Table(
     Column("month", String(7), primary_key=True),
     Column("token", String(43), primary_key=True),
     Column("created_us", BigInteger, nullable=False),
+)
+
+# Retention (0007): how long operational records are kept (no row: the documented defaults).
+retention_settings = Table(
+    "retention_settings",
+    metadata,
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), primary_key=True),
+    Column("delivery_events_days", Integer, nullable=False),
+    Column("send_decisions_days", Integer, nullable=False),
+    Column("outbox_days", Integer, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+)
+
+# Erased subjects (0007): random refs only (the ledger holds them too) and the erasure's leaf.
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), primary_key=True),
+    Column("subject_ref", String(36), primary_key=True),
+    Column("ledger_seq", BigInteger, nullable=False),
+    Column("erased_us", BigInteger, nullable=False),
 )
