@@ -11,6 +11,7 @@ from datetime import timedelta
 import httpx
 from sqlalchemy import Engine
 
+from consentgate.analytics import attribution
 from consentgate.analytics.service import AnalyticsService
 from consentgate.audit import AuditService, ExportService
 from consentgate.cmp import generic, mapped
@@ -42,6 +43,9 @@ from consentgate.outbox.deliveries import DeliveryService
 from consentgate.outbox.endpoints import EndpointService
 from consentgate.outbox.relay import Relay, RelayWorker
 from consentgate.outbox.sender import HttpSender
+from consentgate.privacy.erasure import ErasureService
+from consentgate.privacy.retention import RetentionService
+from consentgate.privacy.scrub import StorageScrubber
 from consentgate.storage.engine import build_engine, migrate
 from consentgate.tenants.service import TenantService
 
@@ -70,6 +74,8 @@ class App:
     sandbox_secrets: dict[str, str]
     metrics: Metrics
     analytics: AnalyticsService
+    erasure: ErasureService
+    retention: RetentionService
     outbox: outbox_store.OutboxWriter
     endpoints: EndpointService
     deliveries: DeliveryService
@@ -183,9 +189,24 @@ def build(
     receipts = ReceiptService(
         engine, tenants, links, ledger, keystore, clock, settings.consent.public_url
     )
+    scrubber = StorageScrubber(engine)
+    erasure = ErasureService(
+        engine,
+        tenants,
+        links,
+        ledger,
+        gate,
+        keystore,
+        clock,
+        scrubber,
+        outbox=outbox_store.erase_subject,
+        join_tokens=attribution.join_tokens,
+    )
     return App(
         settings=settings,
         engine=engine,
+        erasure=erasure,
+        retention=RetentionService(engine, tenants, clock, scrubber),
         clock=clock,
         keystore=keystore,
         ledger=ledger,

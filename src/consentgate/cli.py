@@ -34,6 +34,8 @@ cli.add_typer(keys_cli, name="keys")
 cli.add_typer(ledger_cli, name="ledger")
 cli.add_typer(receipt_cli, name="receipt")
 cli.add_typer(audit_cli, name="audit")
+retention_cli = typer.Typer(no_args_is_help=True, help="Retention of operational records.")
+cli.add_typer(retention_cli, name="retention")
 
 T = TypeVar("T")
 
@@ -340,6 +342,23 @@ def audit_verify_bundle(
         typer.echo(f"INVALID: {exc}", err=True)
         raise typer.Exit(1) from None
     _emit(summary.as_dict())
+
+
+@retention_cli.command("run")
+def retention_run(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant (default: all)")] = None,
+    compact: Annotated[
+        bool,
+        typer.Option(
+            help="Also rewrite the tables that held personal links (PostgreSQL VACUUM FULL: "
+            "an exclusive lock per table while it runs; SQLite VACUUM)"
+        ),
+    ] = False,
+) -> None:
+    """Delete what outlived each tenant's retention settings, in short batches (never a
+    ledger leaf, node or checkpoint); prints the rows deleted per table as JSON."""
+    with _app() as app:
+        _emit(app.retention.run([tenant] if tenant else None, compact=compact))
 
 
 @cli.command()

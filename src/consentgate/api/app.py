@@ -13,6 +13,7 @@ from consentgate.api.routers import audit as audit_router
 from consentgate.api.routers import callbacks, cmp, consent, delivery, health, ledger, receipts
 from consentgate.api.routers import crm as crm_router
 from consentgate.api.routers import metrics as metrics_router
+from consentgate.api.routers import privacy as privacy_router
 from consentgate.bootstrap import App
 from consentgate.observability.http import AccessLog
 from consentgate.sandbox import create_sandbox
@@ -39,6 +40,7 @@ def create_app(core: App) -> FastAPI:
     app.include_router(delivery.router)
     app.include_router(callbacks.router)
     app.include_router(crm_router.router)
+    app.include_router(privacy_router.router)
     app.include_router(analytics_router.router)
     if not core.settings.consent.sandbox_url:
         # The sandbox carrier is the default provider: serve it here, at /sandbox.

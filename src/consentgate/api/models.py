@@ -213,6 +213,39 @@ class ConversionsIn(_Strict):
     month: str = Field(min_length=7, max_length=7, description="YYYY-MM the tokens belong to")
     tokens: list[Any] = Field(description="Join tokens of converted people (≤ 10000)")
 
+
+class RetentionIn(_Strict):
+    """How long operational records are kept, in days (1-3650). A field left out takes its
+    default; the ledger is never deleted from."""
+
+    delivery_events_days: int | None = Field(
+        None, strict=True, description="Delivery receipts and reads of a send (default 400)"
+    )
+    send_decisions_days: int | None = Field(
+        None, strict=True, description="Send decisions, finished campaigns (default 400)"
+    )
+    outbox_days: int | None = Field(
+        None,
+        strict=True,
+        description="Delivered/dead outbox events, cached CMP webhook answers (default 30)",
+    )
+
+
+class RetentionOut(BaseModel):
+    delivery_events_days: int
+    send_decisions_days: int
+    outbox_days: int
+    defaults: dict[str, int]
+
+
+class ErasureOut(BaseModel):
+    erased: bool
+    ledger_seq: int = Field(description="The erasure's own ledger leaf")
+    tree_size: int = Field(description="Size of the signed checkpoint that covers it")
+    counts: dict[str, int] = Field(description="Rows deleted or unlinked, per table")
+    storage: dict[str, Any] = Field(description="What was done to purge the bytes from disk")
+
+
 class CrmEndpointIn(_Strict):
     """A CRM or CMP webhook endpoint. ``kind: cmp`` endpoints are not sent back the CMP's own
     consent events, only withdrawals that originate here (STOP keywords, RBM unsubscribe)."""

@@ -362,14 +362,15 @@ def _event_key(
 
     The provider's event id (RBM ``eventId``) or message id (an RBM user message's own id,
     Twilio's ``MessageSid``) when there is one; otherwise a digest of what identifies the
-    event for this subject (the keyed ``hashed_id``, never the number)."""
+    event for this subject (its random ``subject_ref``: never the number, nor its keyed hash,
+    which would tie the leaf to the number for good even after the subject's erasure)."""
     given = event_id or event.provider_message_id
     if given:
         if _SAFE_KEY.match(given):
             return f"{provider}:{given}"
         digest = hashlib.sha256(given.encode("utf-8", "surrogatepass")).hexdigest()[:40]
         return f"{provider}:h{digest}"
-    material = f"{target.hashed_id}|{event.kind}|{to_micros(at)}|{event.text or ''}"
+    material = f"{target.subject_ref}|{event.kind}|{to_micros(at)}|{event.text or ''}"
     digest = hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()[:40]
     return f"{provider}:d{digest}"
 

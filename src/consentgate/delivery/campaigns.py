@@ -230,7 +230,9 @@ class CampaignService:
                 raise Conflict("this campaign was already sent")
             audience = conn.execute(
                 select(campaign_recipients.c.seq, campaign_recipients.c.hashed_id).where(
-                    campaign_recipients.c.campaign_id == campaign_id
+                    campaign_recipients.c.campaign_id == campaign_id,
+                    # Not those already settled (a recipient erased while this was a draft).
+                    campaign_recipients.c.state == "pending",
                 )
             ).all()
         decisions = self._gate.prefilter(tenant, [a.hashed_id for a in audience], row.consent_type)
