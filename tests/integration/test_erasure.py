@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select, text
+from sqlalchemy import insert, select, text, update
 from standardwebhooks import Webhook
 
 from consentgate.bootstrap import App
@@ -312,3 +312,27 @@ def test_verify_flags_state_that_survives_an_erasure(core: App, tenant: dict[str
         verify_tenant(conn, "acme", core.ledger)
     assert caught.value.seq == 0 and row["subject_ref"] == ref
     assert report.ledger_seq == 1
+
+
+def test_retention_rescrubs_a_send_that_finished_after_the_erasure(
+    core: App, tenant: dict[str, Any]
+) -> None:
+    hashed = _ingest(core, "acme", "c-1", ERASED, "marketing_rcs", "granted")
+    ref = _ref(core, hashed)
+    core.registry.create_template("acme", Template("tpl-1", "hello", "Hello", None, False))
+    answer = core.messages.send(
+        "acme", normalise_phone(ERASED, "GB"), "analytics", "tpl-1", {}, "in-flight"
+    )
+    with read_tx(core.engine) as conn:
+        written = dict(
+            conn.execute(select(messages).where(messages.c.id == answer["message_id"]))
+            .one()
+            ._mapping
+        )
+    core.erasure.erase("acme", hashed)
+    with write_tx(core.engine) as conn:  # the racing send's final write lands after the erasure
+        conn.execute(update(messages).where(messages.c.id == written["id"]).values(**written))
+    deleted = core.retention.run(["acme"])["tenants"]["acme"]["deleted"]
+    assert deleted["messages_rescrubbed"] == 1
+    assert set(rows_containing(core.engine, [ref])) == {"ledger_entries", "erasures"}
+    assert rows_containing(core.engine, [hashed, written["request_hash"]]) == {}
