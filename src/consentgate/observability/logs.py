@@ -73,11 +73,13 @@ def scrub_value(value: Any) -> Any:
     return scrub(str(value))
 
 
-#: Attributes every LogRecord has; anything else on a record came in through ``extra=``.
+#: Attributes every LogRecord has; anything else on a record came in through ``extra=``
+#: (uvicorn's ``color_message``, the message again with terminal colours, is dropped too).
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
     "taskName",
+    "color_message",
 }
 
 _exc_formatter = logging.Formatter()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -22,7 +23,7 @@ from consentgate.domain.clock import Clock
 from consentgate.domain.timeutil import to_micros
 from consentgate.errors import ConsentGateError
 from consentgate.storage.engine import read_tx
-from consentgate.storage.tables import campaign_recipients
+from consentgate.storage.tables import campaign_recipients, outbox_deliveries, tenants
 
 log = logging.getLogger("consentgate.metrics")
 
@@ -63,13 +64,57 @@ def campaign_queue(conn: Connection, now_us: int) -> Iterator[Metric]:
     yield lag
 
 
+def webhook_queue(conn: Connection, now_us: int) -> Iterator[Metric]:
+    """Per tenant: webhook deliveries pending (waiting, in flight or backing off) and dead
+    (given up; replayable), and the age of the oldest pending one. One statement, each figure
+    a correlated lookup on the (tenant_id, status, id) index: no scan of delivered history."""
+    d = outbox_deliveries
+
+    def count(status: str) -> Any:
+        return (
+            select(func.count())
+            .where(d.c.tenant_id == tenants.c.id, d.c.status == status)
+            .scalar_subquery()
+        )
+
+    oldest = (
+        select(d.c.queued_us)
+        .where(d.c.tenant_id == tenants.c.id, d.c.status == "pending")
+        .order_by(d.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    depth = GaugeMetricFamily(
+        "consentgate_webhook_queue_depth",
+        "CRM/CMP webhook deliveries by status: pending (due, in flight or backing off "
+        "after a failure) and dead (given up after the retry window; replayable)",
+        labels=["tenant", "status"],
+    )
+    age = GaugeMetricFamily(
+        "consentgate_webhook_oldest_pending_seconds",
+        "Age of the tenant's oldest pending webhook delivery (0 when none is pending)",
+        labels=["tenant"],
+    )
+    rows = conn.execute(
+        select(tenants.c.id, count("pending"), count("dead"), oldest).order_by(tenants.c.id)
+    )
+    for tenant, pending, dead, queued_us in rows:
+        depth.add_metric([tenant, "pending"], int(pending))
+        depth.add_metric([tenant, "dead"], int(dead))
+        age.add_metric(
+            [tenant], 0.0 if queued_us is None else max(0.0, (now_us - int(queued_us)) / 1e6)
+        )
+    yield depth
+    yield age
+
+
 class StoreCollector(Collector):
     """Runs each probe in one read transaction per scrape (bounded to 2 s on PostgreSQL)."""
 
     def __init__(self, engine: Engine, clock: Clock, probes: list[Probe] | None = None) -> None:
         self._engine = engine
         self._clock = clock
-        self._probes: list[Probe] = list(probes or [campaign_queue])
+        self._probes: list[Probe] = list(probes or [campaign_queue, webhook_queue])
 
     def add_probe(self, probe: Probe) -> None:
         self._probes.append(probe)
@@ -99,4 +144,4 @@ class StoreCollector(Collector):
         yield from gathered
 
 
-__all__ = ["OPEN_RECIPIENT_STATES", "Probe", "StoreCollector", "campaign_queue"]
+__all__ = ["OPEN_RECIPIENT_STATES", "Probe", "StoreCollector", "campaign_queue", "webhook_queue"]
