@@ -1,14 +1,17 @@
-"""After an end-to-end run, no raw phone number or e-mail address is anywhere on disk or in
-the logs — in any of the formats it was sent in, accepted or rejected."""
+"""After an end-to-end run, no raw phone number or e-mail address is anywhere on disk, in the
+logs or in GET /metrics — in any of the formats it was sent in, accepted or rejected; nor is a
+hashed id or subject_ref in /metrics (labels are closed sets), and every log line is JSON."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
+import sqlalchemy as sa
 
 from tests.e2e.conftest import Server
 
@@ -43,6 +46,31 @@ def _scan(paths: list[Path]) -> list[str]:
 
 def _files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()]
+
+
+def _scrape_metrics(server: Server) -> Path:
+    """The /metrics body, saved beside the server log so the scan reads it too."""
+    body = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert "consentgate_consent_events_total{" in body
+    path = server.log.with_name("metrics.txt")
+    path.write_text(body)
+    return path
+
+
+def _check_metrics_and_log(server: Server, metrics: Path) -> None:
+    """No hashed id or subject_ref in /metrics; every server log line is a JSON object."""
+    engine = sa.create_engine(server.env["CONSENTGATE_DATABASE_URL"])
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT hashed_id, subject_ref FROM subject_links")).all()
+    finally:
+        engine.dispose()
+    ids = {value for row in rows for value in row}
+    assert ids
+    text = metrics.read_text()
+    assert [i for i in ids if i in text] == []
+    for line in server.log.read_text().splitlines():
+        assert isinstance(json.loads(line), dict), line
 
 
 def test_no_raw_identifier_reaches_disk_or_logs(
@@ -133,11 +161,12 @@ def test_no_raw_identifier_reaches_disk_or_logs(
         r = http.post("/v1/consents/lookup", json={"phone": ["+447911123456"]})
         assert r.status_code == 422 and "7911123456" not in r.text
     verify = server.cli("ledger", "verify")
+    metrics = _scrape_metrics(server)
     server.process.terminate()
     server.process.wait(timeout=10)
 
     data_dir = Path(server.env["CONSENTGATE_DATA_DIR"])
-    paths = [*_files(data_dir), server.log]
+    paths = [*_files(data_dir), server.log, metrics]
     if backend == "pg":
         cluster = request.getfixturevalue("pg_cluster")
         db = server.env["CONSENTGATE_DATABASE_URL"].rsplit("/", 1)[1]
@@ -154,4 +183,5 @@ def test_no_raw_identifier_reaches_disk_or_logs(
     cli_output = (verify.stdout + verify.stderr).lower().encode()
     leaks += [f"cli output: {n.decode()}" for n in _needles() if n in cli_output]
     assert leaks == []
+    _check_metrics_and_log(server, metrics)
     assert httpx.__name__  # the client library was used over real sockets above
