@@ -58,6 +58,9 @@ class Sizes:
     campaign_warmup: int = 100  # recipients of an untimed warm-up campaign
     campaign_workers: int = 4  # client processes of the direct POST /v1/messages baseline
     campaign_timeout_seconds: float = 300.0  # wait for "done" at most this long
+    outbox_deliveries: int = 20_000  # deliveries relayed in the timed run (and bare POSTs)
+    outbox_warmup: int = 1_000  # relayed (and posted bare) before timing, excluded
+    outbox_events_per_subject: int = 2  # consecutive events share a subject (order applies)
 
     @classmethod
     def scaled(cls, scale: float) -> Sizes:
@@ -90,6 +93,8 @@ class Sizes:
             tcf_seconds=max(1.0, base.tcf_seconds * min(1.0, scale)),
             tcf_warmup_passes=n(base.tcf_warmup_passes, 20),
             gate_subjects=n(base.gate_subjects, 200),
+            outbox_deliveries=n(base.outbox_deliveries, 2_000),
+            outbox_warmup=n(base.outbox_warmup, 200),
             gate_checks=n(base.gate_checks, 50_000),
             gate_cold_checks=n(base.gate_cold_checks, 500),
             gate_seconds=max(1.0, base.gate_seconds * min(1.0, scale)),

@@ -23,7 +23,9 @@ Figures (each beside a baseline measured in the same run on the same rows, warm-
 10. a 1,000,000-number campaign pre-filter: normalise + keyed hash + ``core.gate.prefilter``
     vs bare HMAC + a temp-table join on the bare driver; floor ≤ 5 s;
 11. end-to-end campaign msgs/s through the server and the sandbox carrier over HTTP vs
-    direct POST /v1/messages from 4 client processes; floor ≥ 1,000 msgs/s.
+    direct POST /v1/messages from 4 client processes; floor ≥ 1,000 msgs/s;
+12. outbox relay deliveries/s (claim, sign, POST, record) to a receiver in its own process
+    vs bare signed POSTs of the same bodies from the same client; floor ≥ 1,000/s.
 
 ``--only PHASES`` merges into an existing results file: figures of phases (and backends)
 that were not run are kept as they were, each still naming the run that produced it
@@ -58,6 +60,7 @@ from bench import (
     httpbench,
     ledger,
     lookups,
+    outbox,
     pgcluster,
     prefilter,
     proofs,
@@ -83,6 +86,7 @@ PHASES = (
     "envelope",
     "prefilter",
     "campaign",
+    "outbox",
 )
 BACKEND_FREE = ("tcf", "envelope")  # phases that touch no database: run once, not per backend
 BACKEND_ORDER = ("in-process", "sqlite", "postgresql")
@@ -121,6 +125,7 @@ FIGURE_KEYS = {
         ("prefilter_hashed", "1M E.164 ids pre-filter, s (hash + prefilter)"),
     ],
     "campaign": [("campaign", "campaign msgs/s end to end")],
+    "outbox": [("outbox_relay", "outbox relay deliveries/s to a local receiver")],
 }
 KEY_ORDER = {key: i for i, key in enumerate(k for keys in FIGURE_KEYS.values() for k, _ in keys)}
 
@@ -287,6 +292,8 @@ class Runner:
                     "campaign",
                     lambda: campaign.run(backend, core, self.sizes, self.profile_dir),
                 )
+            if "outbox" in self.phases:
+                self._phase(backend, "outbox", lambda: outbox.run(backend, core, self.sizes))
         finally:
             core.close()
 
@@ -459,6 +466,14 @@ def _notes(fig: Figure) -> str:
             f"{t['sandbox_messages']:,}; server CPU {t['server_cpu_cores_busy']:.2f} cores; "
             f"baseline p50 {b['latency']['p50_ms']:.0f} ms, server CPU "
             f"{b['server_cpu_cores_busy']:.2f} cores"
+        )
+    if fig.key == "outbox_relay":
+        return (
+            f"{d['deliveries']:,} deliveries, {d['events_per_subject']} per subject, claims of "
+            f"≤ {d['claim_batch']}, {d['concurrency']} in flight; relay CPU "
+            f"{d['relay_process_cpu_cores_busy']:.2f} cores, receiver "
+            f"{d['receiver_cpu_cores_busy']:.2f}; baseline client CPU "
+            f"{d['baseline_client_cpu_cores_busy']:.2f}"
         )
     return ""
 

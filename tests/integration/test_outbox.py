@@ -337,13 +337,13 @@ def test_a_killed_relays_claims_are_taken_over_after_the_lease(app: App, clock: 
     with Receiver().running() as rx, relay_for(app, clock) as relay:
         app.endpoints.create("acme", rx.url, ["consent.changed"])
         app.ingest.ingest("acme", None, [event(clock, "a", PHONES[0], "granted", 0)], batch=False)
-        token, jobs = relay._claim()  # claimed, then the process "dies" before sending
-        assert len(jobs) == 1
+        claimed = relay._claim()  # claimed, then the process "dies" before sending
+        assert len(claimed.jobs) == 1
         assert relay.run_once() == 0  # leased: nobody else may take it yet
         clock.advance(timedelta(seconds=app.settings.webhooks.lease_seconds + 1))
         assert relay.run_once() == 1
         # The dead relay's late outcome does not overwrite the new owner's.
-        relay._record(token, jobs, [Result(True, 500, "http 500")])
+        relay._record(claimed.token, claimed.jobs, [Result(True, 500, "http 500")])
     delivery = app.deliveries.list("acme")["deliveries"][0]
     assert (delivery["status"], delivery["attempts"]) == ("delivered", 1)
     assert len(rx.snapshot()) == 1
