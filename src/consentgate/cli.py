@@ -143,10 +143,15 @@ def worker(
         typer.Option(help="relay (outbox → CRM/CMP webhooks), dispatch (campaigns) or all"),
     ] = WorkerKind.all,
     log_level: Annotated[str, typer.Option(help="Log level (debug, info, warning, ...)")] = "info",
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve this worker's Prometheus metrics on this port")
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Interface for --metrics-port")] = "127.0.0.1",
 ) -> None:
     """Run background workers without the API until SIGTERM or SIGINT. Start as many as
     wanted: they share the queues through the database (claims with leases; on PostgreSQL
-    FOR UPDATE SKIP LOCKED), and a killed one's claims are taken over when they expire."""
+    FOR UPDATE SKIP LOCKED), and a killed one's claims are taken over when they expire.
+    Their counters are served with --metrics-port (CONSENTGATE_METRICS_TOKEN applies)."""
     import signal
     import threading
 
@@ -165,10 +170,23 @@ def worker(
     log = logging.getLogger("consentgate.worker")
     with _app() as app:
         app.start_background(kinds=kinds)
-        log.info("consentgate worker running: %s", ", ".join(kinds), extra={"kinds": kinds})
+        stop_metrics = None
+        if metrics_port is not None:
+            from consentgate.observability.exposition import serve_metrics
+
+            stop_metrics = serve_metrics(
+                app.metrics.registry, metrics_host, metrics_port, app.settings.server.metrics_token
+            )
+        log.info(
+            "consentgate worker running: %s",
+            ", ".join(kinds),
+            extra={"kinds": kinds, "metrics_port": metrics_port},
+        )
         while not stop.wait(0.5):
             pass
         log.info("consentgate worker stopping")
+        if stop_metrics is not None:
+            stop_metrics()
 
 
 @cli.command()

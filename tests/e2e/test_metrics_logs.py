@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from consentgate.observability import metrics as m
-from tests.e2e.conftest import Server, _start
+from tests import pg
+from tests.e2e.conftest import BIN, Server, _start
 
 NATIVE, FALLBACK, GONE, STRANGER = (
     "+447911100001",
@@ -227,6 +230,47 @@ def test_metrics_token(env: dict[str, str], tmp_path: Path) -> None:
         secured.process.terminate()
         secured.process.wait(timeout=10)
     assert "s3cret-token" not in (tmp_path / "server.log").read_text()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_worker_serves_its_own_metrics(env: dict[str, str], tmp_path: Path) -> None:
+    port = pg.free_port()
+    log = tmp_path / "worker.log"
+    full = {**os.environ, **env, "CONSENTGATE_METRICS_TOKEN": "w0rker-token"}
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(
+            [str(BIN), "worker", "--kind", "relay", "--metrics-port", str(port)],
+            env=full,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        deadline = time.monotonic() + 60
+        while True:
+            assert worker.poll() is None, log.read_text()
+            try:
+                refused = httpx.get(url, timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        assert refused.status_code == 401
+        r = httpx.get(url, headers={"Authorization": "Bearer w0rker-token"}, timeout=10)
+        assert r.status_code == 200
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(r.text)
+            for s in family.samples
+        }
+        assert value(samples, "consentgate_store_up") == 1
+        assert value(samples, "consentgate_campaign_queue_depth", state="queued") == 0
+    finally:
+        worker.terminate()
+        assert worker.wait(timeout=30) == 0
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    running = [e for e in entries if e["logger"] == "consentgate.worker"]
+    assert running[0]["metrics_port"] == port and running[-1]["message"].endswith("stopping")
 
 
 def check_json_log(log: Path, hashed: str, generated: str) -> None:
