@@ -8,8 +8,11 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -347,3 +350,51 @@ def test_a_killed_relays_claims_are_taken_over_after_the_lease(app: App, clock: 
     delivery = app.deliveries.list("acme")["deliveries"][0]
     assert (delivery["status"], delivery["attempts"]) == ("delivered", 1)
     assert len(rx.snapshot()) == 1
+
+
+def test_two_relays_share_the_queue_without_sending_anything_twice(
+    app: App, clock: FixedClock
+) -> None:
+    subjects = [f"+4479112{n:05d}" for n in range(20)]
+    with Receiver().running() as rx:
+        app.endpoints.create("acme", rx.url, ["consent.changed"])
+        for round_ in range(5):
+            app.ingest.ingest(
+                "acme",
+                None,
+                [
+                    event(clock, f"r{round_}-{i}", p, ("granted", "withdrawn")[round_ % 2], round_)
+                    for i, p in enumerate(subjects)
+                ],
+                batch=True,
+            )
+        settings = replace(app.settings.webhooks, batch=7)  # many small, interleaved claims
+        stop = threading.Event()
+        senders = [HttpSender(4, 2.0) for _ in range(2)]
+        relays = [
+            threading.Thread(
+                target=Relay(app.engine, app.endpoints, clock, settings, s).run,
+                args=(stop, 0.01),
+            )
+            for s in senders
+        ]
+        for t in relays:
+            t.start()
+        try:
+            deadline = time.monotonic() + 60
+            while pending(app) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            for t in relays:
+                t.join(timeout=30)
+            for s in senders:
+                s.close()
+    requests = rx.snapshot()
+    assert len(requests) == len({r.webhook_id for r in requests}) == 100  # each exactly once
+    seen: dict[str, list[int]] = {}
+    for r in requests:  # arrival order per subject is ledger order
+        data = json.loads(r.body)["data"]
+        seen.setdefault(data["hashed_id"], []).append(data["ledger_seq"])
+    assert len(seen) == 20
+    assert all(seqs == sorted(seqs) and len(seqs) == 5 for seqs in seen.values())
