@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from standardwebhooks.webhooks import Webhook
 
 from consentgate.bootstrap import App, build
@@ -28,13 +28,13 @@ from consentgate.delivery.callbacks import CallbackService
 from consentgate.delivery.providers import sms
 from consentgate.domain.clock import FixedClock
 from consentgate.domain.identity import normalise_phone
-from consentgate.domain.timeutil import format_rfc3339, parse_rfc3339
+from consentgate.domain.timeutil import format_rfc3339, parse_rfc3339, to_micros
 from consentgate.errors import Conflict, NotFound
 from consentgate.outbox.relay import Relay
 from consentgate.outbox.sender import HttpSender, Result
 from consentgate.outbox.store import erase_subject
 from consentgate.storage.engine import read_tx, write_tx
-from consentgate.storage.tables import outbox_deliveries, outbox_events
+from consentgate.storage.tables import crm_endpoints, outbox_deliveries, outbox_events
 from tests.webhook_receiver import Receiver, Reply
 
 PHONES = ("+447911100001", "+447911100002", "+447911100003")
@@ -398,3 +398,60 @@ def test_two_relays_share_the_queue_without_sending_anything_twice(
         seen.setdefault(data["hashed_id"], []).append(data["ledger_seq"])
     assert len(seen) == 20
     assert all(seqs == sorted(seqs) and len(seqs) == 5 for seqs in seen.values())
+
+
+def test_a_stopping_relay_hands_back_what_it_has_not_sent(app: App, clock: FixedClock) -> None:
+    with Receiver(lambda _id, _n: Reply(204, stall=0.3)).running() as rx:
+        app.endpoints.create("acme", rx.url, ["consent.changed"])
+        subjects = [f"+4479112{n:05d}" for n in range(12)]
+        app.ingest.ingest(
+            "acme",
+            None,
+            [event(clock, f"s{i}", p, "granted", 0) for i, p in enumerate(subjects)],
+            batch=True,
+        )
+        stop = threading.Event()
+        sender = HttpSender(2, 2.0)
+        relay = Relay(app.engine, app.endpoints, clock, app.settings.webhooks, sender)
+        worker = threading.Thread(target=relay.run, args=(stop, 0.01))
+        worker.start()
+        while not rx.snapshot() and worker.is_alive():
+            time.sleep(0.01)
+        stop.set()
+        worker.join(timeout=30)
+        sender.close()
+    with read_tx(app.engine) as conn:
+        rows = conn.execute(
+            select(
+                outbox_deliveries.c.status, outbox_deliveries.c.claim, outbox_deliveries.c.due_us
+            )
+        ).all()
+    now = to_micros(clock.now())
+    assert all(r.claim is None for r in rows)  # nothing left leased to a stopped relay
+    delivered = [r for r in rows if r.status == "delivered"]
+    assert 1 <= len(delivered) < len(rows)  # some went out, the rest were handed back
+    assert all(r.due_us <= now for r in rows if r.status == "pending")
+
+
+def test_an_endpoint_whose_secret_cannot_be_unwrapped_does_not_stall_the_others(
+    app: App, clock: FixedClock
+) -> None:
+    with Receiver().running() as rx, relay_for(app, clock) as relay:
+        good = app.endpoints.create("acme", rx.url + "/good", ["consent.changed"])
+        bad = app.endpoints.create("acme", rx.url + "/bad", ["consent.changed"])
+        with write_tx(app.engine) as conn:
+            conn.execute(
+                update(crm_endpoints)
+                .where(crm_endpoints.c.id == bad["endpoint_id"])
+                .values(secret_wrapped=b"\0" * 60)
+            )
+        app.ingest.ingest("acme", None, [event(clock, "a", PHONES[0], "granted", 0)], batch=False)
+        assert relay.run_once() == 2
+    by_endpoint = {d["endpoint_id"]: d for d in app.deliveries.list("acme")["deliveries"]}
+    assert by_endpoint[good["endpoint_id"]]["status"] == "delivered"
+    failed = by_endpoint[bad["endpoint_id"]]
+    assert (failed["status"], failed["attempts"]) == ("pending", 1)
+    assert failed["last_error"] == "endpoint secret unavailable"
+    assert [r.webhook_id.rsplit("_", 2)[-2:] for r in rx.snapshot()] == [
+        good["endpoint_id"].split("_")
+    ]

@@ -31,6 +31,7 @@ from sqlalchemy import Engine, bindparam, exists, select, update
 from consentgate.config import WebhookSettings
 from consentgate.domain.clock import Clock
 from consentgate.domain.timeutil import to_micros
+from consentgate.errors import ConsentGateError
 from consentgate.observability.metrics import Metrics
 from consentgate.outbox import rules
 from consentgate.outbox.endpoints import EndpointService
@@ -51,7 +52,7 @@ class Job:
     endpoint_id: str
     kind: str
     url: str
-    secret: bytes
+    secret: bytes | None  # None: the key store could not unwrap it
     event_type: str
     webhook_id: str
     body: bytes
@@ -68,6 +69,7 @@ class Claimed:
 
 
 UNTRIED = Result(attempted=False)
+UNSIGNABLE = Result(attempted=True, error="endpoint secret unavailable")
 
 
 class Relay:
@@ -118,7 +120,7 @@ class Relay:
                         stop.wait(idle_seconds)
                         continue
                     ahead = claimer.submit(self._claim)
-                    self._deliver(batch)
+                    self._deliver(batch, stop)
                 except Exception as exc:  # the store is down, say: claims expire, retry later
                     log.warning("relay pass failed (%s); retrying", type(exc).__name__)
                     stop.wait(idle_seconds)
@@ -129,17 +131,24 @@ class Relay:
                 except Exception as exc:  # its lease will expire instead
                     log.warning("relay could not release its claims (%s)", type(exc).__name__)
 
-    def _deliver(self, batch: Claimed) -> None:
+    def _deliver(self, batch: Claimed, cancel: threading.Event | None = None) -> None:
         # Stop starting requests well before the lease ends: a request may take the timeout.
         lease = self._settings.lease_seconds
         deadline = batch.started + max(lease / 2, lease - 2 * self._settings.timeout_seconds)
-        results = self._sender.send_all([self._request(j) for j in batch.jobs], deadline)
+        signable = [j for j in batch.jobs if j.secret is not None]
+        sent = iter(self._sender.send_all([self._request(j) for j in signable], deadline, cancel))
+        # A job whose secret the key store could not unwrap fails like an unreachable
+        # endpoint (retried, then dead) instead of stalling every other delivery.
+        results = [UNSIGNABLE if j.secret is None else next(sent) for j in batch.jobs]
         self._record(batch.token, batch.jobs, results)
 
     def _request(self, job: Job) -> Request:
+        secret = job.secret
+        assert secret is not None
+
         def headers() -> dict[str, str]:
             at = int(self._clock.now().timestamp())
-            return rules.signed_headers(job.secret, job.webhook_id, at, job.body)
+            return rules.signed_headers(secret, job.webhook_id, at, job.body)
 
         return Request(job.url, job.body, headers)
 
@@ -201,8 +210,11 @@ class Relay:
         key = (r.tenant_id, r.endpoint_id)
         secret = self._secrets.get(key)
         if secret is None:
-            secret = self._endpoints.secret(r.tenant_id, r.endpoint_id, bytes(r.secret_wrapped))
-            self._secrets[key] = secret
+            try:
+                secret = self._endpoints.secret(r.tenant_id, r.endpoint_id, bytes(r.secret_wrapped))
+                self._secrets[key] = secret
+            except ConsentGateError as exc:  # KeyStoreError: a damaged or missing key
+                log.error("endpoint %s: secret not usable (%s)", r.endpoint_id, exc.code)
         return Job(
             delivery_id=int(r.id),
             tenant=r.tenant_id,

@@ -5,8 +5,9 @@ on loopback it sustains several thousand signed POSTs/s on one core, where the a
 client tops out at a few hundred (its connection pool, measured in the bench). Each request
 is signed in its thread just before it is sent, so ``webhook-timestamp`` is the attempt's
 time even late in a slow batch. Redirects are not followed (a 3xx is a failed attempt), and at
-most 64 KiB of a response is read. A request not started by the batch's deadline is reported
-as not attempted, so a claim is never worked past its lease.
+most 64 KiB of a response is read. A request not started by the batch's deadline (or once
+``cancel`` is set: the process is stopping) is reported as not attempted, so a claim is never
+worked past its lease and a stopping relay hands its unsent claims back at once.
 """
 
 from __future__ import annotations
@@ -43,9 +44,14 @@ class Result:
 
 
 class Sender(Protocol):
-    def send_all(self, requests: Sequence[Request], deadline: float) -> list[Result]:
+    def send_all(
+        self,
+        requests: Sequence[Request],
+        deadline: float,
+        cancel: threading.Event | None = None,
+    ) -> list[Result]:
         """One result per request, in order. ``deadline``: ``time.monotonic()`` after which
-        requests not yet started are returned unattempted."""
+        requests not yet started are returned unattempted; likewise once ``cancel`` is set."""
         ...
 
     def close(self) -> None: ...
@@ -60,8 +66,13 @@ class HttpSender:
         self._per_thread: list[dict[tuple[str, str], http.client.HTTPConnection]] = []
         self._lock = threading.Lock()
 
-    def send_all(self, requests: Sequence[Request], deadline: float) -> list[Result]:
-        return list(self._pool.map(lambda r: self._one(r, deadline), requests))
+    def send_all(
+        self,
+        requests: Sequence[Request],
+        deadline: float,
+        cancel: threading.Event | None = None,
+    ) -> list[Result]:
+        return list(self._pool.map(lambda r: self._one(r, deadline, cancel), requests))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -71,8 +82,8 @@ class HttpSender:
                     conn.close()
                 conns.clear()
 
-    def _one(self, request: Request, deadline: float) -> Result:
-        if time.monotonic() > deadline:
+    def _one(self, request: Request, deadline: float, cancel: threading.Event | None) -> Result:
+        if time.monotonic() > deadline or (cancel is not None and cancel.is_set()):
             return Result(attempted=False)
         try:
             status = self._post(request)
