@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, insert, select
@@ -56,6 +56,13 @@ class SubjectLinks:
                 for v in self._keys.salt_versions(tenant)
             }
         )
+
+    def current_hashes(self, tenant: str, e164: Sequence[str]) -> list[str]:
+        """The current-version hashed id of each normalised value (a campaign audience: what
+        :meth:`hash_identifier` gives as ``.current``), with the salt looked up once."""
+        version = self._keys.salt_versions(tenant)[-1]
+        digests = self._keys.keyed_hash_many(tenant, version, [v.encode() for v in e164])
+        return [d.hex() for d in digests]
 
     def _links(self, conn: Connection, tenant: str, hashes: Iterable[str]) -> dict[str, str]:
         wanted = sorted(set(hashes))

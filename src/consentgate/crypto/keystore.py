@@ -19,7 +19,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +30,8 @@ from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.hmac import HMAC
 
 from consentgate.crypto import signing
 from consentgate.errors import KeyStoreError, NotFound
@@ -75,6 +77,13 @@ class KeyStore(Protocol):
 
     def keyed_hash(self, tenant: str, salt_version: int, data: bytes) -> bytes:
         """HMAC-SHA256 under the tenant's salt of that version."""
+        ...
+
+    def keyed_hash_many(
+        self, tenant: str, salt_version: int, items: Iterable[bytes]
+    ) -> list[bytes]:
+        """:meth:`keyed_hash` of each item, in order: the salt is looked up once (an HSM
+        would open one HMAC operation per batch instead of one per item)."""
         ...
 
     def sign(self, tenant: str, data: bytes) -> Signature:
@@ -282,12 +291,28 @@ class LocalKeyStore:
     def salt_versions(self, tenant: str) -> list[int]:
         return sorted(int(e["id"]) for e in self._live(tenant, KeyKind.SALT))
 
-    def keyed_hash(self, tenant: str, salt_version: int, data: bytes) -> bytes:
+    def _salt(self, tenant: str, salt_version: int) -> bytes:
         _, secrets_ = self._entries(tenant)
         salt = secrets_.get((KeyKind.SALT.value, str(salt_version)))
         if salt is None:
             raise KeyStoreError(f"tenant {tenant!r} has no salt version {salt_version}")
-        return hmac.new(salt, data, sha256).digest()
+        return salt
+
+    def keyed_hash(self, tenant: str, salt_version: int, data: bytes) -> bytes:
+        return hmac.new(self._salt(tenant, salt_version), data, sha256).digest()
+
+    def keyed_hash_many(
+        self, tenant: str, salt_version: int, items: Iterable[bytes]
+    ) -> list[bytes]:
+        # One keyed HMAC context, copied per item: the key schedule (the padded-key blocks)
+        # is done once, not once per call as with hmac.digest (~3x the time per item).
+        keyed = HMAC(self._salt(tenant, salt_version), SHA256()).copy
+        out = []
+        for item in items:
+            h = keyed()
+            h.update(item)
+            out.append(h.finalize())
+        return out
 
     def _current_signing(self, tenant: str) -> dict[str, Any]:
         current = [e for e in self._live(tenant, KeyKind.SIGNING) if e["retired_at"] is None]
