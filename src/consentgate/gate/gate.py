@@ -10,7 +10,6 @@ store cannot answer (down, timeout, an ambiguous record), the answer is "no" wit
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,8 +20,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from consentgate.domain.clock import Clock
 from consentgate.domain.consent import ConsentStatus
 from consentgate.domain.reasons import ReasonCode
-from consentgate.domain.timeutil import from_micros
+from consentgate.domain.timeutil import from_micros, to_micros
 from consentgate.errors import ConsentGateError
+from consentgate.gate import prefilter as prefilter_plans
 from consentgate.gate.cache import CachedState, StateCache
 from consentgate.observability.metrics import Metrics
 from consentgate.storage.engine import read_tx
@@ -41,6 +41,12 @@ class GateDecision:
     reason: ReasonCode | None
     consent_seq: int | None
     from_cache: bool = False
+
+
+_NO_CONSENT = GateDecision(False, ReasonCode.NO_CONSENT, None)
+_STORE_UNAVAILABLE = GateDecision(False, ReasonCode.STORE_UNAVAILABLE, None)
+_GRANTED = ConsentStatus.GRANTED.value
+_WITHDRAWN = ConsentStatus.WITHDRAWN.value
 
 
 class ConsentGate:
@@ -117,51 +123,61 @@ class ConsentGate:
         return self._judge(state, False)
 
     def prefilter(
-        self, tenant: str, hashed_ids: Iterable[str], purpose: str
+        self,
+        tenant: str,
+        hashed_ids: Iterable[str],
+        purpose: str,
+        *,
+        plan: prefilter_plans.Plan | None = None,
     ) -> dict[str, GateDecision]:
-        """One set-based query for a whole audience (hashed ids): a temporary table joined to
-        the links and the state view; never a query per recipient. Every id gets a decision;
-        the store failing denies them all (``store_unavailable``)."""
-        ids = list(dict.fromkeys(hashed_ids))
-        table = f"audience_{uuid.uuid4().hex[:12]}"
-        decisions = {h: GateDecision(False, ReasonCode.NO_CONSENT, None) for h in ids}
+        """One set-based query for a whole audience (hashed ids), never a query per
+        recipient: a temporary table joined to the links and states, or the tenant's joined
+        rows streamed into an in-memory hash join, whichever is cheaper for the sizes
+        (:mod:`consentgate.gate.prefilter`; ``plan`` forces one). Every id gets a decision,
+        judged at one instant; the store failing denies them all (``store_unavailable``)."""
+        decisions = dict.fromkeys(hashed_ids, _NO_CONSENT)
+        if not decisions:
+            return decisions
+        counts: dict[str | None, int] = {}
         try:
             with read_tx(self._engine) as conn:
                 self._bounded(conn, self._prefilter_timeout_ms)
-                conn.execute(
-                    text(f"CREATE TEMPORARY TABLE {table} (hashed_id VARCHAR(64) PRIMARY KEY)")
-                )
-                for start in range(0, len(ids), 10_000):
-                    conn.execute(
-                        text(f"INSERT INTO {table} (hashed_id) VALUES (:h)"),  # noqa: S608
-                        [{"h": h} for h in ids[start : start + 10_000]],
-                    )
-                rows = conn.execute(
-                    text(
-                        f"SELECT a.hashed_id, s.status, s.event_seq, s.expires_us FROM {table} a "  # noqa: S608
-                        "JOIN subject_links l ON l.tenant_id = :t AND l.hashed_id = a.hashed_id "
-                        "JOIN consent_state s ON s.tenant_id = l.tenant_id "
-                        "AND s.subject_ref = l.subject_ref AND s.consent_type = :p"
-                    ),
-                    {"t": tenant, "p": purpose},
-                ).all()
-                conn.execute(text(f"DROP TABLE {table}"))
+                found = prefilter_plans.rows(conn, tenant, purpose, decisions.keys(), plan)
+                counts = self._prefilter_judge(found, decisions)
         except (ConsentGateError, SQLAlchemyError, OSError) as exc:
             log.warning(
                 "consent store unavailable for a pre-filter (%s): failing closed",
                 type(exc).__name__,
             )
-            self._metrics.gate_prefiltered(tenant, {ReasonCode.STORE_UNAVAILABLE.value: len(ids)})
-            return {h: GateDecision(False, ReasonCode.STORE_UNAVAILABLE, None) for h in ids}
-        for row in rows:
-            state = CachedState(
-                row.status,
-                None if row.expires_us is None else from_micros(int(row.expires_us)),
-                int(row.event_seq),
+            self._metrics.gate_prefiltered(
+                tenant, {ReasonCode.STORE_UNAVAILABLE.value: len(decisions)}
             )
-            decisions[row.hashed_id] = self._judge(state, False)
-        counts: dict[str | None, int] = {}
-        for d in decisions.values():
-            counts[d.reason] = counts.get(d.reason, 0) + 1
+            return dict.fromkeys(decisions, _STORE_UNAVAILABLE)
         self._metrics.gate_prefiltered(tenant, counts)
         return decisions
+
+    def _prefilter_judge(
+        self, rows: Iterable[prefilter_plans.Row], decisions: dict[str, GateDecision]
+    ) -> dict[str | None, int]:
+        """:meth:`_judge`'s rule on raw rows, in place (ids without a row keep no_consent),
+        with the expiry compared in microseconds at one instant. Returns counts by reason."""
+        now_us = to_micros(self._clock.now())
+        counts: dict[str | None, int] = {}
+        matched = 0
+        for hashed_id, status, seq, expires_us in rows:
+            if hashed_id not in decisions:
+                continue  # streamed: a subject outside this audience
+            seq = int(seq)
+            if status == _WITHDRAWN:
+                decision = GateDecision(False, ReasonCode.WITHDRAWN, seq)
+            elif status != _GRANTED:
+                decision = GateDecision(False, ReasonCode.AMBIGUOUS, seq)
+            elif expires_us is not None and now_us >= int(expires_us):
+                decision = GateDecision(False, ReasonCode.EXPIRED, seq)
+            else:
+                decision = GateDecision(True, None, seq)
+            decisions[hashed_id] = decision
+            counts[decision.reason] = counts.get(decision.reason, 0) + 1
+            matched += 1
+        counts[ReasonCode.NO_CONSENT] = len(decisions) - matched
+        return counts
