@@ -37,7 +37,7 @@ from consentgate.outbox import rules
 from consentgate.outbox.endpoints import EndpointService
 from consentgate.outbox.sender import Request, Result, Sender
 from consentgate.outbox.store import PENDING
-from consentgate.storage.engine import write_tx
+from consentgate.storage.engine import single_read, write_tx
 from consentgate.storage.tables import crm_endpoints, outbox_deliveries, outbox_events
 
 log = logging.getLogger("consentgate.relay")
@@ -169,6 +169,14 @@ class Relay:
             .order_by(d.c.due_us)
             .limit(self._settings.batch)
         )
+        # Idle passes (most of them) take no write lock: on SQLite a write transaction every
+        # poll would queue behind, and hold up, the ingest path.
+        with single_read(self._engine) as conn:
+            anything = conn.execute(
+                select(d.c.id).where(d.c.status == PENDING, d.c.due_us <= now).limit(1)
+            ).first()
+        if anything is None:
+            return Claimed(token, [], started)
         with write_tx(self._engine) as conn:
             if conn.dialect.name == "postgresql":
                 due = due.with_for_update(skip_locked=True, of=d)
