@@ -60,6 +60,7 @@ def test_hostile_values_are_mapped_into_closed_sets() -> None:
         | m.WEBHOOK_KINDS
         | m.WEBHOOK_OUTCOMES
         | m.METHODS
+        | m.WEBHOOK_EVENT_TYPES
         | {m.OTHER, m.NONE, "0.1.0"}
     )
     assert values <= allowed, values - allowed

@@ -19,11 +19,10 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consentgate.observability.logs import request_id
-from consentgate.observability.metrics import Metrics
+from consentgate.observability.metrics import UNMATCHED, Metrics
 
 log = logging.getLogger("consentgate.access")
 
-UNMATCHED = "<unmatched>"
 _GIVEN_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 

@@ -29,9 +29,11 @@ from consentgate.delivery.planner import DeliveryMode, SendAction
 from consentgate.domain.consent import ConsentStatus, Source
 from consentgate.domain.reasons import ReasonCode
 from consentgate.observability.logs import EMAIL, PHONE
+from consentgate.outbox.events import EVENT_TYPES
 
 NONE = "none"
 OTHER = "other"
+UNMATCHED = "<unmatched>"  # the route label of a request no route answered
 
 # The closed sets label values are drawn from (besides tenant and purpose names).
 REASONS = frozenset(r.value for r in ReasonCode) | {NONE}
@@ -48,12 +50,12 @@ RECEIPT_OUTCOMES = frozenset({"linked", "ignored"})
 CAMPAIGN_OUTCOMES = frozenset({"queued", "skipped", "retried", "done"})
 WEBHOOK_KINDS = frozenset({"crm", "cmp"})
 WEBHOOK_OUTCOMES = frozenset({"delivered", "failed", "dead"})
+WEBHOOK_EVENT_TYPES = frozenset(EVENT_TYPES)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 # Tenant names and purpose names are created with these shapes (tenants/service.py).
 _TENANT = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _PURPOSE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_EVENT_TYPE = re.compile(r"^[a-z]+(?:\.[a-z_]+){1,3}$")  # consent.changed, message.delivered
 _ROUTE = re.compile(r"^/[A-Za-z0-9_./{}:-]{0,200}$|^<unmatched>$")
 _STATUS_CODE = re.compile(r"^[1-5][0-9]{2}$")
 
@@ -214,7 +216,7 @@ class Metrics:
                 ["kind", "event_type", "outcome"],
                 registry=r,
             ),
-            (closed(WEBHOOK_KINDS), shaped(_EVENT_TYPE), closed(WEBHOOK_OUTCOMES)),
+            (closed(WEBHOOK_KINDS), closed(WEBHOOK_EVENT_TYPES), closed(WEBHOOK_OUTCOMES)),
         )
         self._webhook_lag = _Family(
             Histogram(
