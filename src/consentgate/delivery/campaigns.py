@@ -31,7 +31,7 @@ from consentgate.crypto.keystore import KeyStore
 from consentgate.delivery.messages import MessageService
 from consentgate.delivery.registry import Registry
 from consentgate.domain.clock import Clock
-from consentgate.domain.identity import Identifier, IdentifierKind, normalise_phone_bulk
+from consentgate.domain.identity import Identifier, IdentifierKind, normalise_phones
 from consentgate.domain.reasons import ReasonCode
 from consentgate.domain.timeutil import to_micros
 from consentgate.errors import Conflict, ConsentGateError, InvalidInput, NotFound
@@ -168,7 +168,8 @@ class CampaignService:
         """Replace the audience (draft campaigns only); all-or-nothing. Invalid numbers are
         counted (by row number), never echoed."""
         now = self._now()
-        accepted, invalid = 0, []
+        accepted = 0
+        invalid: list[int] = []
         with write_tx(self._engine) as conn:
             row = self._campaign(conn, tenant, campaign_id)
             if row.status != "draft":
@@ -176,39 +177,23 @@ class CampaignService:
             conn.execute(
                 campaign_recipients.delete().where(campaign_recipients.c.campaign_id == campaign_id)
             )
-            batch: list[dict[str, Any]] = []
+            pending: list[tuple[int, str]] = []  # (row number, raw), normalised a batch at once
             try:
                 for number, raw in enumerate(_rows(chunks, content_type), start=1):
-                    try:
-                        identity = normalise_phone_bulk(raw, region, field="phone")
-                    except InvalidInput:
-                        invalid.append(number)
-                        continue
-                    seq = accepted
-                    sealed, wrapped = self._seal(tenant, campaign_id, seq, identity.value)
-                    batch.append(
-                        {
-                            "campaign_id": campaign_id,
-                            "seq": seq,
-                            "tenant_id": tenant,
-                            "hashed_id": self._links.hash_identifier(tenant, identity).current,
-                            "sealed": sealed,
-                            "wrapped_key": wrapped,
-                            "state": "pending",
-                            "attempts": 0,
-                            "due_us": now,
-                        }
-                    )
-                    accepted += 1
-                    if len(batch) >= BATCH:
-                        conn.execute(insert(campaign_recipients), batch)
-                        batch = []
+                    pending.append((number, raw))
+                    if len(pending) >= BATCH:
+                        accepted += self._store_batch(
+                            conn, tenant, region, campaign_id, pending, accepted, invalid, now
+                        )
+                        pending = []
             except (UnicodeDecodeError, json.JSONDecodeError, csv.Error):
                 raise InvalidInput(
                     "the audience is not UTF-8 CSV or NDJSON", field="audience"
                 ) from None
-            if batch:
-                conn.execute(insert(campaign_recipients), batch)
+            if pending:
+                accepted += self._store_batch(
+                    conn, tenant, region, campaign_id, pending, accepted, invalid, now
+                )
             conn.execute(
                 update(campaigns)
                 .where(campaigns.c.id == campaign_id)
@@ -220,6 +205,45 @@ class CampaignService:
             "invalid": len(invalid),
             "invalid_rows": invalid[:100],
         }
+
+    def _store_batch(
+        self,
+        conn: Connection,
+        tenant: str,
+        region: str | None,
+        campaign_id: str,
+        pending: list[tuple[int, str]],
+        first_seq: int,
+        invalid: list[int],
+        now: int,
+    ) -> int:
+        """Normalise and hash a batch of rows in bulk (same answers as one by one), seal and
+        insert the valid ones from ``first_seq`` on; add invalid row numbers to ``invalid``.
+        Returns how many were stored."""
+        phones = normalise_phones([raw for _, raw in pending], region)
+        invalid.extend(pending[i][0] for i in phones.invalid)
+        valid = [v for v in phones.values if v is not None]
+        rows = []
+        for seq, (e164, hashed_id) in enumerate(
+            zip(valid, self._links.current_hashes(tenant, valid), strict=True), start=first_seq
+        ):
+            sealed, wrapped = self._seal(tenant, campaign_id, seq, e164)
+            rows.append(
+                {
+                    "campaign_id": campaign_id,
+                    "seq": seq,
+                    "tenant_id": tenant,
+                    "hashed_id": hashed_id,
+                    "sealed": sealed,
+                    "wrapped_key": wrapped,
+                    "state": "pending",
+                    "attempts": 0,
+                    "due_us": now,
+                }
+            )
+        if rows:
+            conn.execute(insert(campaign_recipients), rows)
+        return len(rows)
 
     def send(self, tenant: str, campaign_id: str) -> dict[str, Any]:
         """Pre-filter the audience in one set-based pass; queue who may be messaged."""
