@@ -69,9 +69,11 @@ def engagement_counts(
     def receipt(kinds: Sequence[str]) -> Any:
         return case(
             (
+                # By message id alone (the message is already the tenant's): a tenant
+                # condition here lets a planner without statistics pick a tenant-wide index
+                # (seen on SQLite: 15 s for 5,000 messages instead of milliseconds).
                 exists().where(
                     message_events.c.message_id == messages.c.id,
-                    message_events.c.tenant_id == tenant,
                     message_events.c.kind.in_(kinds),
                 ),
                 1,
