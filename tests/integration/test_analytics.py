@@ -447,6 +447,18 @@ def test_racing_charges_spend_exactly_the_budget(core: App, tenant: dict[str, An
     assert recorded_queries(core, "acme") == 10
 
 
+def test_analytics_tables_match_the_migration(core: App) -> None:
+    """What 0006 creates is what storage/tables.py declares (both engines)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from consentgate.storage.tables import metadata
+
+    with core.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert [d for d in diff if "analytics_" in repr(d)] == []
+
+
 # -- settings ---------------------------------------------------------------------------------
 
 

@@ -50,10 +50,10 @@ def engagement(
     cannot pay; nothing charged then)."""
     return get_app(request).analytics.engagement(
         principal.tenant,
-        campaign_id=campaign_id,
+        campaign_id=campaign_id or None,  # `campaign_id=` (empty) means every send
         group_by=group_by,
-        from_=from_,
-        to=to,
+        from_=from_ or None,
+        to=to or None,
         dp_epsilon=dp_epsilon,
         max_per_subject=max_per_subject,
     )
