@@ -85,8 +85,9 @@ def parse_group_by(text: str | None) -> tuple[Dimension, ...]:
 
 @dataclass(frozen=True, slots=True)
 class AnalyticsSettings:
-    """A tenant's analytics settings. ``require_dp``: refuse answers without noise, so the
-    monthly budget bounds everything analytics ever reveals."""
+    """A tenant's analytics settings. ``require_dp``: engagement and attribution counts are
+    given only with noise, so the monthly budget bounds every count analytics releases (the
+    join-token export is pseudonymous per-person data, outside any DP bound)."""
 
     k_threshold: int = DEFAULT_K
     monthly_epsilon_micro: int = int(DEFAULT_MONTHLY_EPSILON * MICRO)
