@@ -140,7 +140,7 @@ class ConsentGate:
             return decisions
         counts: dict[str | None, int] = {}
         try:
-            with read_tx(self._engine) as conn:
+            with read_tx(self._engine) as conn, prefilter_plans.paused_gc():
                 self._bounded(conn, self._prefilter_timeout_ms)
                 found = prefilter_plans.rows(conn, tenant, purpose, decisions.keys(), plan)
                 counts = self._prefilter_judge(found, decisions)
