@@ -1,9 +1,12 @@
 """Figure 16: end-to-end campaign messages/s through the real server and the sandbox
 carrier over HTTP (all on 127.0.0.1).
 
-``consentgate serve`` is started as in the HTTP phase, with ``CONSENTGATE_PUBLIC_URL`` set to
-its own address, so the sandbox carrier it mounts at /sandbox is the provider its dispatch
-worker calls (over HTTP, RBM wire format). Untimed setup: ``PUT /sandbox/devices`` gives every
+Topology (all on 127.0.0.1, each its own process): the sandbox carrier
+(``python -m consentgate.sandbox``, RBM wire format over HTTP), ``consentgate serve`` (the API;
+``--no-workers`` when dispatch runs in worker processes) and ``BENCH_CAMPAIGN_WORKERS``
+(default 1) ``consentgate worker --kind dispatch`` processes; with 0, the dispatch worker runs
+inside ``serve``. ``CONSENTGATE_SANDBOX_URL`` points every consentgate process at the carrier.
+Untimed setup: ``PUT /sandbox/devices`` gives every
 recipient RCS with native E2EE; ``POST /v1/consent-events`` grants marketing_rcs to all of
 them; ``POST /v1/templates``; an excluded warm-up campaign to other recipients. Timed:
 ``POST /v1/campaigns``, ``PUT /v1/campaigns/{id}/audience`` (CSV), then from
@@ -39,7 +42,7 @@ from bench import pyspy
 from bench.backends import Backend
 from bench.common import Figure, _git_head, free_port, latency_summary, process_cpu_seconds
 from bench.config import Sizes
-from bench.httpbench import _cli, _start_server, _stop
+from bench.httpbench import _cli, _stop
 from bench.webhook import _cpu_ticks
 from consentgate.bootstrap import App
 
@@ -67,10 +70,35 @@ def _machine_busy(ticks0: tuple[int, int], ticks1: tuple[int, int]) -> float | N
     return (ticks1[0] - ticks0[0]) / (ticks1[1] - ticks0[1]) * cpus
 
 
-def _setup(http: httpx.Client, numbers: list[str]) -> str:
+def _start(
+    cmd: list[str], env: dict[str, str], log: Path, health: str | None
+) -> subprocess.Popen[bytes]:
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while health is not None and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[:3]} exited: {log.read_text(errors='replace')[-800:]}")
+        try:
+            if httpx.get(health, timeout=1).status_code < 500:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    if health is not None:
+        _stop(proc)
+        raise RuntimeError(f"{cmd[:3]} did not answer {health} within 60 s")
+    return proc
+
+
+def _cpu(pids: list[int]) -> float:
+    return sum(process_cpu_seconds(p) for p in pids)
+
+
+def _setup(http: httpx.Client, sandbox: httpx.Client, numbers: list[str]) -> str:
     """Devices, consent and a template (untimed); returns the template id."""
-    r = http.put(
-        "/sandbox/devices",
+    r = sandbox.put(
+        "/devices",
         json={"devices": [{"phone": n, "rcs": True, "native_e2ee": True} for n in numbers]},
     )
     r.raise_for_status()
@@ -100,7 +128,7 @@ def _campaign(
     http: httpx.Client,
     template_id: str,
     numbers: list[str],
-    server_pid: int,
+    pids: dict[str, list[int]],
     timeout: float,
     recorder: Any = None,
 ) -> dict[str, Any]:
@@ -121,7 +149,7 @@ def _campaign(
         raise RuntimeError(f"audience: {r.status_code} {r.text[:300]}")
     if recorder is not None:
         recorder = recorder()
-    cpu0, ticks0 = process_cpu_seconds(server_pid), _cpu_ticks()
+    cpu0, ticks0 = {k: _cpu(v) for k, v in pids.items()}, _cpu_ticks()
     t_send = clock()
     r = http.post(f"/v1/campaigns/{cid}/send")
     t_sent = clock()
@@ -137,7 +165,7 @@ def _campaign(
             break
         time.sleep(POLL_S)
     t_done = clock()
-    cpu1, ticks1 = process_cpu_seconds(server_pid), _cpu_ticks()
+    cpu1, ticks1 = {k: _cpu(v) for k, v in pids.items()}, _cpu_ticks()
     profiled = recorder.stop() if recorder is not None else None
     if status.get("status") != "done":
         raise RuntimeError(f"campaign not done after {timeout:.0f} s: {status}")
@@ -159,7 +187,8 @@ def _campaign(
             "by_reason": queued["by_reason"],
         },
         "polls": polls,
-        "server_cpu_cores_busy": (cpu1 - cpu0) / seconds,
+        "cpu_cores_busy": {k: (cpu1[k] - cpu0[k]) / seconds for k in pids},
+        "load_average_after": os.getloadavg(),
         "machine_cpu_cores_busy": _machine_busy(ticks0, ticks1),
         "profiled_s": profiled,
     }
@@ -190,8 +219,8 @@ def _failed_closed(timed: dict[str, Any]) -> int:
     return int(timed["after_send_call"]["by_reason"].get("store_unavailable", 0))
 
 
-def _sandbox_count(http: httpx.Client) -> tuple[int, Counter[str]]:
-    msgs = http.get("/sandbox/messages").json()["messages"]
+def _sandbox_count(sandbox: httpx.Client) -> tuple[int, Counter[str]]:
+    msgs = sandbox.get("/messages").json()["messages"]
     kinds = Counter(f"{m['channel']}, e2ee={m['e2ee']}" for m in msgs)
     return len(msgs), kinds
 
@@ -338,9 +367,17 @@ def run(backend: Backend, core: App, sizes: Sizes, profile_dir: Path | None) -> 
     if not _cli().exists():
         fig.skipped = f"skipped: {_cli()} not installed"
         return [fig]
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, **backend.env, "CONSENTGATE_PUBLIC_URL": base}
+    port, sandbox_port = free_port(), free_port()
+    base, sandbox_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sandbox_port}"
+    workers = int(os.environ.get("BENCH_CAMPAIGN_WORKERS", "1"))
+    env = {
+        **os.environ,
+        **backend.env,
+        "CONSENTGATE_PUBLIC_URL": base,
+        "CONSENTGATE_SANDBOX_URL": sandbox_url,
+        "CONSENTGATE_SANDBOX_RBM_TOKEN": "bench-rbm-" + uuid.uuid4().hex,
+        "CONSENTGATE_SANDBOX_TWILIO_TOKEN": "bench-twilio-" + uuid.uuid4().hex,
+    }
     created = subprocess.run(
         [str(_cli()), "tenant", "create", TENANT, "--region", "GB"],
         env=env,
@@ -356,17 +393,44 @@ def run(backend: Backend, core: App, sizes: Sizes, profile_dir: Path | None) -> 
     warm = recipients(sizes.campaign_warmup, "+4474001")
     timeout = sizes.campaign_timeout_seconds
     log = backend.workdir / "server-campaign.log"
-    server = _start_server(env, port, log)
+    python = str(Path(str(_cli())).parent / "python")
+    procs: dict[str, list[subprocess.Popen[bytes]]] = {"sandbox": [], "serve": [], "workers": []}
     profile: dict[str, Any] | None = None
     first_attempt: dict[str, Any] | None = None
     try:
+        procs["sandbox"].append(
+            _start(
+                [python, "-m", "consentgate.sandbox", "--port", str(sandbox_port)],
+                env,
+                backend.workdir / "sandbox-campaign.log",
+                f"{sandbox_url}/devices",
+            )
+        )
+        serve = [str(_cli()), "serve", "--host", "127.0.0.1", "--port", str(port)]
+        procs["serve"].append(
+            _start(serve + (["--no-workers"] if workers else []), env, log, f"{base}/healthz")
+        )
+        for w in range(workers):
+            procs["workers"].append(
+                _start(
+                    [str(_cli()), "worker", "--kind", "dispatch"],
+                    env,
+                    backend.workdir / f"worker-campaign-{w}.log",
+                    None,
+                )
+            )
+        pids = {k: [p.pid for p in v] for k, v in procs.items() if v}
+        server_pid = procs["serve"][0].pid
         headers = {"Authorization": f"Bearer {api_key}"}
-        with httpx.Client(base_url=base, headers=headers, timeout=60.0) as http:
-            template_id = _setup(http, numbers + warm)
-            warmup = _campaign(http, template_id, warm, server.pid, timeout)
-            http.delete("/sandbox/messages").raise_for_status()
+        with (
+            httpx.Client(base_url=base, headers=headers, timeout=60.0) as http,
+            httpx.Client(base_url=sandbox_url, timeout=60.0) as sandbox,
+        ):
+            template_id = _setup(http, sandbox, numbers + warm)
+            warmup = _campaign(http, template_id, warm, pids, timeout)
+            sandbox.delete("/messages").raise_for_status()
             db_log, server_log = _log_size(backend.server_log), _log_size(log)
-            timed = _campaign(http, template_id, numbers, server.pid, timeout)
+            timed = _campaign(http, template_id, numbers, pids, timeout)
             if _failed_closed(timed):
                 # The send's pre-filter failed closed (store_unavailable for the audience):
                 # a result in its own right, recorded with what the logs say, then the
@@ -379,38 +443,55 @@ def run(backend: Backend, core: App, sizes: Sizes, profile_dir: Path | None) -> 
                     ),
                     "server_log": _log_lines(log, server_log, ("unavailable", "Error")),
                 }
-                http.delete("/sandbox/messages").raise_for_status()
-                timed = _campaign(http, template_id, numbers, server.pid, timeout)
-            carried, kinds = _sandbox_count(http)
+                sandbox.delete("/messages").raise_for_status()
+                timed = _campaign(http, template_id, numbers, pids, timeout)
+            carried, kinds = _sandbox_count(sandbox)
             if carried != timed["sent"]:
                 raise RuntimeError(
                     f"sandbox holds {carried} messages, campaign sent {timed['sent']}"
                 )
-            http.delete("/sandbox/messages").raise_for_status()
-            direct = _direct(base, api_key, template_id, warm, numbers, sizes, server.pid)
-            carried_direct, _ = _sandbox_count(http)
+            sandbox.delete("/messages").raise_for_status()
+            direct = _direct(base, api_key, template_id, warm, numbers, sizes, server_pid)
+            carried_direct, _ = _sandbox_count(sandbox)
             expected = direct["sent"] + sum(
                 v for k, v in direct["warmup_excluded"].items() if k.startswith("sent/")
             )
             if carried_direct != expected:
                 raise RuntimeError(f"sandbox holds {carried_direct} messages, expected {expected}")
             if profile_dir is not None and pyspy.executable() is not None:
+                target = (procs["workers"] or procs["serve"])[0].pid
                 profile = _profiled(
-                    http, template_id, numbers, server.pid, timeout, backend, profile_dir
+                    http, template_id, numbers, pids, target, timeout, backend, profile_dir
                 )
     finally:
-        _stop(server)
+        for group in ("workers", "serve", "sandbox"):
+            for proc in procs[group]:
+                _stop(proc)
     if first_attempt is not None:
         fig.title += (
             "; first attempt's pre-filter FAILED CLOSED (store_unavailable for all), "
             "campaign run once more"
         )
+    fig.title += (
+        f"; topology: sandbox process + serve + {workers} dispatch worker process(es)"
+        if workers
+        else "; topology: sandbox process + serve (dispatch in-process)"
+    )
     fig.value = timed["msgs_per_s"]
     fig.baseline = direct["msgs_per_s"]
     fig.details = {
-        "server": f"consentgate serve --host 127.0.0.1 --port {port}: CLI defaults (one uvicorn "
-        "process, dispatch worker on, access log on); CONSENTGATE_PUBLIC_URL = its own URL, "
-        "so the provider is its /sandbox mount, called over HTTP",
+        "topology": {
+            "sandbox": f"python -m consentgate.sandbox --port {sandbox_port} (own process, "
+            "no access log); every consentgate process reaches it via CONSENTGATE_SANDBOX_URL",
+            "server": f"consentgate serve --host 127.0.0.1 --port {port}"
+            + (" --no-workers" if workers else " (dispatch worker in-process)"),
+            "dispatch_workers": f"{workers} x consentgate worker --kind dispatch",
+            "settings": {
+                k: v
+                for k, v in env.items()
+                if k.startswith(("CONSENTGATE_DISPATCH", "CONSENTGATE_PROVIDER_RATE"))
+            },
+        },
         "recipients": n,
         "numbers": "+4479111xxxxx, RCS + native E2EE in the sandbox, marketing_rcs granted",
         "timed": {
@@ -431,10 +512,12 @@ def run(backend: Backend, core: App, sizes: Sizes, profile_dir: Path | None) -> 
             "sandbox_messages": carried_direct,
             "what": "POST /v1/messages (to, marketing_rcs, the same template, unique "
             "idempotency key) for each recipient, one request in flight per client process; "
-            "10 warm-up messages per client to other numbers first, excluded",
+            "10 warm-up messages per client to other numbers first, excluded; same server, "
+            "same sandbox process",
         },
         "profile": profile or "not profiled (run with --profile and py-spy installed)",
-        "note": f"clients, server and database share the machine's {os.cpu_count()} CPUs",
+        "note": f"clients, server, workers, sandbox and database share the machine's "
+        f"{os.cpu_count()} CPUs",
     }
     return [fig]
 
@@ -443,6 +526,7 @@ def _profiled(
     http: httpx.Client,
     template_id: str,
     numbers: list[str],
+    pids: dict[str, list[int]],
     pid: int,
     timeout: float,
     backend: Backend,
@@ -456,14 +540,15 @@ def _profiled(
         holder["rec"] = pyspy.Recorder(pid, raw)
         return holder["rec"]
 
-    result = _campaign(http, template_id, numbers, pid, timeout, recorder=start)
+    result = _campaign(http, template_id, numbers, pids, timeout, recorder=start)
     seconds = float(result["profiled_s"] or 0.0)
     rate = holder["rec"].rate
     header = (
-        f"# {pyspy.version()} record --threads --idle ({rate} Hz) of consentgate serve during "
+        f"# {pyspy.version()} record --threads --idle ({rate} Hz) of the dispatching process "
+        "during "
         f"a campaign of {len(numbers):,} recipients, {backend.name}\n"
-        f"# while profiled: {result['msgs_per_s']:.0f} msgs/s, server CPU "
-        f"{result['server_cpu_cores_busy']:.2f} cores, machine "
+        f"# while profiled: {result['msgs_per_s']:.0f} msgs/s, CPU cores busy "
+        f"{result['cpu_cores_busy']}, machine "
         f"{result['machine_cpu_cores_busy'] or 0:.2f} cores busy; load average "
         f"{os.getloadavg()}\n"
         f"# recorded {datetime.now(UTC):%Y-%m-%d %H:%M} UTC at git {(_git_head() or '?')[:7]}; "

@@ -25,14 +25,16 @@ from consentgate.consent.receipts import ReceiptService
 from consentgate.consent.subjects import SubjectLinks
 from consentgate.crypto.keystore import KeyStore, LocalKeyStore
 from consentgate.delivery.campaigns import CampaignService
+from consentgate.delivery.dispatch import Dispatcher
 from consentgate.delivery.messages import MessageService, Providers
 from consentgate.delivery.providers.push import PushProvider
 from consentgate.delivery.providers.rbm import RbmProvider
 from consentgate.delivery.providers.sms import SmsProvider
+from consentgate.delivery.ratelimit import RateLimits
 from consentgate.delivery.registry import Registry
 from consentgate.delivery.worker import DispatchWorker
 from consentgate.domain.clock import Clock, SystemClock
-from consentgate.gate.cache import StateCache
+from consentgate.gate import cache as state_cache
 from consentgate.gate.gate import ConsentGate
 from consentgate.gate.notify import InvalidationListener, libpq_dsn
 from consentgate.ledger.store import LedgerStore
@@ -153,9 +155,10 @@ def build(
         outbox=outbox,
     )
     committer = GroupCommitter(ingest)
-    gate = ConsentGate(
-        engine, clock, StateCache(settings.consent.gate_cache_seconds), metrics=metrics
+    cache = state_cache.for_store(
+        settings.consent.gate_cache_seconds, engine.url, settings.storage.data_dir
     )
+    gate = ConsentGate(engine, clock, cache, metrics=metrics)
     ingest.add_listener(gate.on_changes)
     registry = Registry(engine, links, ledger, clock)
     providers, sandbox_secrets = _providers(settings, clock)
@@ -228,12 +231,26 @@ def build(
             links,
             gate,
             registry,
-            messages,
+            Dispatcher(
+                engine,
+                tenants,
+                gate,
+                registry,
+                messages.composer,
+                keystore,
+                clock,
+                HttpSender(settings.dispatch.concurrency, 5.0),
+                RateLimits(settings.dispatch.provider_rates),
+                lease=timedelta(seconds=settings.consent.dispatch_lease_seconds),
+                stale_claim=timedelta(seconds=settings.consent.dispatch_lease_seconds),
+                concurrency=settings.dispatch.concurrency,
+                metrics=metrics,
+                outbox=outbox,
+            ),
             keystore,
             clock,
-            timedelta(seconds=settings.consent.dispatch_lease_seconds),
+            settings.dispatch.batch,
             metrics=metrics,
-            outbox=outbox,
         ),
         sandbox_secrets=sandbox_secrets,
         metrics=metrics,

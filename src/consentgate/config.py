@@ -72,12 +72,26 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True)
+class DispatchSettings:
+    """The campaign dispatcher (docs/campaigns.md): recipients claimed per pass, provider
+    requests in flight per process, and each provider's rate limit in messages per second
+    (``CONSENTGATE_PROVIDER_RATE_<NAME>``, e.g. ``..._RBM=500``; 0 = no limit)."""
+
+    batch: int = 500
+    concurrency: int = 32
+    provider_rates: dict[str, float] = field(
+        default_factory=lambda: {"rbm": 3000.0, "sms": 100.0, "push": 1000.0}
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     storage: StorageSettings
     keys: KeySettings
     consent: ConsentSettings = field(default_factory=ConsentSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -116,6 +130,20 @@ def _webhooks(env: Mapping[str, str]) -> WebhookSettings:
         batch=max(1, _int(env, "CONSENTGATE_WEBHOOK_BATCH", w.batch)),
         lease_seconds=_float(env, "CONSENTGATE_WEBHOOK_LEASE_SECONDS", w.lease_seconds, 1.0),
         poll_seconds=_float(env, "CONSENTGATE_WEBHOOK_POLL_SECONDS", w.poll_seconds, 0.001),
+    )
+
+
+def _dispatch(env: Mapping[str, str]) -> DispatchSettings:
+    d = DispatchSettings()
+    rates = dict(d.provider_rates)
+    prefix = "CONSENTGATE_PROVIDER_RATE_"
+    for key in env:
+        if key.startswith(prefix) and key != prefix:
+            rates[key[len(prefix) :].lower()] = _float(env, key, 0.0)
+    return DispatchSettings(
+        batch=max(1, _int(env, "CONSENTGATE_DISPATCH_BATCH", d.batch)),
+        concurrency=max(1, _int(env, "CONSENTGATE_DISPATCH_CONCURRENCY", d.concurrency)),
+        provider_rates=rates,
     )
 
 
@@ -174,4 +202,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             metrics_token=env.get("CONSENTGATE_METRICS_TOKEN", ""),
         ),
         webhooks=_webhooks(env),
+        dispatch=_dispatch(env),
     )

@@ -56,6 +56,9 @@ def test_killed_worker_never_sends_twice(
         "CONSENTGATE_SANDBOX_RBM_TOKEN": secrets["rbm"],
         "CONSENTGATE_SANDBOX_TWILIO_TOKEN": secrets["twilio"],
         "CONSENTGATE_DISPATCH_LEASE_SECONDS": "2",
+        # Batches send concurrently: a rate limit keeps the campaign in flight at the kill
+        # (the first batch is cut to what the limit lets through in a second, 100).
+        "CONSENTGATE_PROVIDER_RATE_RBM": "100",
     }
     sandbox = httpx.Client(base_url=url, timeout=10)
     sandbox.put(

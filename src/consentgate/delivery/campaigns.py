@@ -6,10 +6,10 @@ pre-filter and stored only encrypted (AES-256-GCM under its own data key, which 
 wraps); both are erased when the recipient's message completes.
 
 Dispatch is claim-based: a worker claims a batch of due recipients with a lease (``due_us``);
-one that dies leaves its claims to expire and be claimed again. Each send goes through
-:meth:`MessageService.send` with an idempotency key per recipient, so a re-claimed recipient
-is never sent twice, and consent is checked again at that moment: a withdrawal after the
-pre-filter stops the send.
+one that dies leaves its claims to expire and be claimed again. Each recipient is sent under
+the idempotency key ``campaign:<id>:<seq>``, so a re-claimed recipient is never sent twice,
+and consent is checked again at that moment for the whole batch: a withdrawal after the
+pre-filter stops the send (:mod:`consentgate.delivery.dispatch`).
 """
 
 from __future__ import annotations
@@ -17,35 +17,29 @@ from __future__ import annotations
 import csv
 import io
 import json
-import secrets
+import threading
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from consentgate.consent.subjects import SubjectLinks
 from consentgate.crypto.keystore import KeyStore
-from consentgate.delivery.messages import MessageService
+from consentgate.delivery.dispatch import Dispatcher, seal_number
 from consentgate.delivery.registry import Registry
 from consentgate.domain.clock import Clock
-from consentgate.domain.identity import Identifier, IdentifierKind, normalise_phones
+from consentgate.domain.identity import normalise_phones
 from consentgate.domain.reasons import ReasonCode
 from consentgate.domain.timeutil import to_micros
-from consentgate.errors import Conflict, ConsentGateError, InvalidInput, NotFound
+from consentgate.errors import Conflict, InvalidInput, NotFound
 from consentgate.gate.gate import ConsentGate
 from consentgate.observability.metrics import Metrics
-from consentgate.outbox import events as outbox_events
-from consentgate.outbox.store import OutboxWriter
 from consentgate.storage.engine import read_tx, write_tx
-from consentgate.storage.tables import campaign_recipients, campaigns, subject_links
+from consentgate.storage.tables import campaign_recipients, campaigns
 from consentgate.tenants.service import TenantService
 
-BATCH = 1000
-MAX_ATTEMPTS = 5
-RETRY_BASE = timedelta(seconds=2)
+BATCH = 1000  # audience rows normalised, hashed and inserted at once
 
 
 def _rows(chunks: Iterator[bytes], content_type: str) -> Iterator[str]:
@@ -90,22 +84,20 @@ class CampaignService:
         links: SubjectLinks,
         gate: ConsentGate,
         registry: Registry,
-        messages: MessageService,
+        dispatcher: Dispatcher,
         keystore: KeyStore,
         clock: Clock,
-        lease: timedelta = timedelta(seconds=60),
+        batch: int = 500,
         metrics: Metrics | None = None,
-        outbox: OutboxWriter | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
-        self._outbox = outbox
-        self._lease_us = int(lease.total_seconds() * 1_000_000)
         self._engine = engine
         self._tenants = tenants
         self._links = links
         self._gate = gate
         self._registry = registry
-        self._messages = messages
+        self._dispatcher = dispatcher
+        self._batch = batch
         self._keys = keystore
         self._clock = clock
 
@@ -142,20 +134,6 @@ class CampaignService:
         if row is None:
             raise NotFound("no such campaign")
         return row
-
-    def _seal(self, tenant: str, campaign_id: str, seq: int, e164: str) -> tuple[bytes, bytes]:
-        key = AESGCM.generate_key(bit_length=256)
-        nonce = secrets.token_bytes(12)
-        context = f"{campaign_id}:{seq}"
-        sealed = nonce + AESGCM(key).encrypt(nonce, e164.encode(), context.encode())
-        return sealed, self._keys.wrap_data_key(tenant, key, context)
-
-    def _unseal(
-        self, tenant: str, campaign_id: str, seq: int, sealed: bytes, wrapped: bytes
-    ) -> str:
-        context = f"{campaign_id}:{seq}"
-        key = self._keys.unwrap_data_key(tenant, wrapped, context)
-        return AESGCM(key).decrypt(sealed[:12], sealed[12:], context.encode()).decode()
 
     def upload(
         self,
@@ -227,7 +205,7 @@ class CampaignService:
         for seq, (e164, hashed_id) in enumerate(
             zip(valid, self._links.current_hashes(tenant, valid), strict=True), start=first_seq
         ):
-            sealed, wrapped = self._seal(tenant, campaign_id, seq, e164)
+            sealed, wrapped = seal_number(self._keys, tenant, f"{campaign_id}:{seq}", e164)
             rows.append(
                 {
                     "campaign_id": campaign_id,
@@ -302,155 +280,10 @@ class CampaignService:
         self._metrics.campaign_recipients(tenant, "skipped", sum(map(len, skipped.values())))
         return self.status(tenant, campaign_id)
 
-    def dispatch_once(self, limit: int = 50) -> int:
-        """Claim and send up to ``limit`` due recipients; return how many were handled."""
-        now = self._now()
-        lease = now + self._lease_us
-        with write_tx(self._engine) as conn:
-            due = (
-                select(campaign_recipients.c.campaign_id, campaign_recipients.c.seq)
-                .where(
-                    campaign_recipients.c.state.in_(["queued", "claimed"]),
-                    campaign_recipients.c.due_us <= now,
-                )
-                .order_by(campaign_recipients.c.due_us)
-                .limit(limit)
-            )
-            if conn.dialect.name == "postgresql":
-                due = due.with_for_update(skip_locked=True)
-            claimed = conn.execute(due).all()
-            for c in claimed:
-                conn.execute(
-                    update(campaign_recipients)
-                    .where(
-                        campaign_recipients.c.campaign_id == c.campaign_id,
-                        campaign_recipients.c.seq == c.seq,
-                    )
-                    .values(
-                        state="claimed", due_us=lease, attempts=campaign_recipients.c.attempts + 1
-                    )
-                )
-            rows = (
-                conn.execute(
-                    select(campaign_recipients, campaigns.c.template_id, campaigns.c.consent_type)
-                    .join(campaigns, campaigns.c.id == campaign_recipients.c.campaign_id)
-                    .where(
-                        campaign_recipients.c.campaign_id.in_({c.campaign_id for c in claimed}),
-                        campaign_recipients.c.seq.in_([c.seq for c in claimed]),
-                        campaign_recipients.c.state == "claimed",
-                        campaign_recipients.c.due_us == lease,
-                    )
-                ).all()
-                if claimed
-                else []
-            )
-            for campaign_id in {r.campaign_id for r in rows}:
-                conn.execute(
-                    update(campaigns)
-                    .where(campaigns.c.id == campaign_id, campaigns.c.status == "queued")
-                    .values(status="running", updated_us=now)
-                )
-        for r in rows:
-            self._deliver(r)
-        self._close_finished({r.campaign_id for r in rows})
-        return len(rows)
-
-    def _deliver(self, r: Any) -> None:
-        values: dict[str, Any]
-        try:
-            e164 = self._unseal(r.tenant_id, r.campaign_id, r.seq, r.sealed, r.wrapped_key)
-            answer = self._messages.send(
-                r.tenant_id,
-                Identifier(IdentifierKind.PHONE, e164),
-                r.consent_type,
-                r.template_id,
-                {},
-                f"campaign:{r.campaign_id}:{r.seq}",
-                campaign_id=r.campaign_id,
-                retry_unavailable=True,
-            )
-            decision = answer["decision"]
-            unavailable = decision["reason"] == ReasonCode.PROVIDER_UNAVAILABLE.value and (
-                answer["status"] == "failed"
-            )
-            if unavailable and r.attempts < MAX_ATTEMPTS:
-                backoff = RETRY_BASE * (2 ** (r.attempts - 1))
-                values = {"state": "queued", "due_us": self._now() + to_micros_delta(backoff)}
-            else:
-                values = {
-                    "state": "done",
-                    "action": decision["action"],
-                    "mode": decision["mode"],
-                    "reason": decision["reason"],
-                    "message_id": answer["message_id"],
-                    "sealed": None,
-                    "wrapped_key": None,
-                }
-        except (ConsentGateError, ValueError):
-            # Not sendable as stored (e.g. the template was removed): record and purge.
-            values = {
-                "state": "done",
-                "action": "skipped",
-                "reason": "ambiguous",
-                "sealed": None,
-                "wrapped_key": None,
-            }
-        with write_tx(self._engine) as conn:
-            conn.execute(
-                update(campaign_recipients)
-                .where(
-                    campaign_recipients.c.campaign_id == r.campaign_id,
-                    campaign_recipients.c.seq == r.seq,
-                )
-                .values(**values)
-            )
-            if "message_id" not in values and values["state"] == "done":
-                self._decided_without_message(conn, r)
-        self._metrics.campaign_recipients(
-            r.tenant_id, "retried" if values["state"] == "queued" else "done"
-        )
-
-    def _decided_without_message(self, conn: Connection, r: Any) -> None:
-        """A recipient settled without a message (it could not be sent as stored): its
-        ``message.decided`` (no message_id) goes out like any other decision."""
-        if self._outbox is None or r.hashed_id is None:
-            return
-        ref = conn.execute(
-            select(subject_links.c.subject_ref).where(
-                subject_links.c.tenant_id == r.tenant_id,
-                subject_links.c.hashed_id == r.hashed_id,
-            )
-        ).scalar()
-        event = outbox_events.message_decided(
-            message_id=None,
-            subject_ref=ref,
-            hashed_id=r.hashed_id,
-            consent_type=r.consent_type,
-            action="skipped",
-            mode=None,
-            reason=ReasonCode.AMBIGUOUS.value,
-            consent_seq=None,
-            campaign_id=r.campaign_id,
-        )
-        self._outbox.record(conn, r.tenant_id, [event], self._now())
-
-    def _close_finished(self, campaign_ids: set[str]) -> None:
-        for campaign_id in campaign_ids:
-            with write_tx(self._engine) as conn:
-                open_ = conn.execute(
-                    select(func.count())
-                    .select_from(campaign_recipients)
-                    .where(
-                        campaign_recipients.c.campaign_id == campaign_id,
-                        campaign_recipients.c.state != "done",
-                    )
-                ).scalar_one()
-                if open_ == 0:
-                    conn.execute(
-                        update(campaigns)
-                        .where(campaigns.c.id == campaign_id)
-                        .values(status="done", updated_us=self._now())
-                    )
+    def dispatch_once(self, limit: int | None = None, cancel: threading.Event | None = None) -> int:
+        """Claim and send up to ``limit`` (default: the dispatch batch) due recipients; return
+        how many were handled (:mod:`consentgate.delivery.dispatch`)."""
+        return self._dispatcher.dispatch_once(limit or self._batch, cancel)
 
     def status(self, tenant: str, campaign_id: str) -> dict[str, Any]:
         with read_tx(self._engine) as conn:
@@ -476,7 +309,3 @@ class CampaignService:
             **by_action,
             "by_reason": by_reason,
         }
-
-
-def to_micros_delta(delta: timedelta) -> int:
-    return int(delta.total_seconds() * 1_000_000)

@@ -8,11 +8,7 @@ ledger ``seq`` of the consent leaf that allowed it. A row is claimed under the i
 
 from __future__ import annotations
 
-import hashlib
-import json
-import secrets
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -20,25 +16,29 @@ from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from consentgate.consent.subjects import HashedIdentifier, SubjectLinks
-from consentgate.crypto.envelope import seal
 from consentgate.crypto.keystore import KeyStore
 from consentgate.delivery.planner import (
     CapabilityReport,
     ConsentCheck,
     ConsentInForce,
     ConsentRefused,
-    DeliveryMode,
     SendDecision,
     plan,
 )
-from consentgate.delivery.providers.base import (
-    OutboundMessage,
-    Provider,
-    ProviderError,
-    ProviderRejected,
-)
+from consentgate.delivery.providers.base import ProviderError, ProviderRejected
 from consentgate.delivery.registry import Registry
-from consentgate.delivery.templates import Template, redact, render, secure_link_text
+from consentgate.delivery.sending import (
+    Claim,
+    Composer,
+    Outcome,
+    Providers,
+    count_decisions,
+    existing_claim,
+    record_outcomes,
+    request_hash,
+    response,
+)
+from consentgate.delivery.templates import Template
 from consentgate.domain.clock import Clock
 from consentgate.domain.identity import Identifier
 from consentgate.domain.reasons import ReasonCode
@@ -46,31 +46,12 @@ from consentgate.domain.timeutil import to_micros
 from consentgate.errors import Conflict, InvalidInput, NotFound
 from consentgate.gate.gate import ConsentGate
 from consentgate.observability.metrics import Metrics
-from consentgate.outbox import events as outbox_events
 from consentgate.outbox.store import OutboxWriter
 from consentgate.storage.engine import read_tx, write_tx
 from consentgate.storage.tables import messages
 from consentgate.tenants.service import TenantService
 
-ENVELOPE_TTL = timedelta(days=7)
-TEASER = "You have a new secure message."
-
-
-@dataclass(frozen=True, slots=True)
-class Providers:
-    rcs: Provider
-    sms: Provider
-    push: Provider
-
-
-def _response(row: Any) -> dict[str, Any]:
-    return {
-        "message_id": row.id,
-        "decision": {"action": row.action, "mode": row.mode, "reason": row.reason},
-        "device_kid": row.device_kid,
-        "consent_seq": row.consent_seq,
-        "status": row.status,
-    }
+__all__ = ["MessageService", "Providers"]
 
 
 class MessageService:
@@ -101,9 +82,7 @@ class MessageService:
         self._keys = keystore
         self._providers = providers
         self._clock = clock
-        # Links are always https (a link in clear text must not invite a downgrade). The
-        # authenticated landing page behind them is not part of this service yet.
-        self._link_base = "https://" + public_url.split("://", 1)[-1]
+        self.composer = Composer(keystore, providers, public_url)
 
     @property
     def providers(self) -> Providers:
@@ -132,16 +111,12 @@ class MessageService:
         except NotFound:
             raise InvalidInput("template_id names no template", field="template_id") from None
         hashed = self._links.hash_identifier(tenant, to)
-        request_hash = hashlib.sha256(
-            json.dumps(
-                [hashed.current, consent_type, template_id, variables], sort_keys=True, default=str
-            ).encode()
-        ).digest()
+        wanted = request_hash(hashed.current, consent_type, template_id, variables)
         now_us = to_micros(self._clock.now())
         message_id, existing = self._claim(
             tenant,
             idempotency_key,
-            request_hash,
+            wanted,
             consent_type,
             template_id,
             campaign_id,
@@ -215,14 +190,14 @@ class MessageService:
             device=None if record is None else record.device,
             now=now,
         )
-        outbound, provider = self._outbound(
+        outbound, provider = self.composer.outbound(
             tenant,
             message_id,
-            to,
+            to.value,
             template,
             variables,
             decision,
-            record,
+            None if record is None else record.public_key,
             report,
             int(now.timestamp()),
         )
@@ -257,63 +232,6 @@ class MessageService:
             "sent",
             None,
         )
-
-    def _outbound(
-        self,
-        tenant: str,
-        message_id: str,
-        to: Identifier,
-        template: Template,
-        variables: dict[str, Any],
-        decision: SendDecision,
-        record: Any,
-        report: CapabilityReport,
-        now: int,
-    ) -> tuple[OutboundMessage, Provider]:
-        mode = decision.mode
-        content = {k: v for k, v in render(template, variables).items() if v is not None}
-        if mode is DeliveryMode.NATIVE_E2EE:
-            text = str(content["text"])
-            return OutboundMessage(
-                message_id, to.value, "rcs", text=text, e2ee=True
-            ), self._providers.rcs
-        if mode in (DeliveryMode.APP_LAYER, DeliveryMode.IN_APP):
-            if record is None or record.public_key is None or decision.suite is None:
-                raise RuntimeError("a sealed mode was planned without a device key")
-            envelope = seal(
-                content,
-                recipient_public=record.public_key,
-                suite=decision.suite,
-                kid=str(decision.device_kid),
-                tenant=tenant,
-                message_id=message_id,
-                template_id=template.template_id,
-                exp=now + int(ENVELOPE_TTL.total_seconds()),
-                sign=lambda data: self._keys.sign(tenant, data).signature,
-            )
-            if mode is DeliveryMode.APP_LAYER:
-                return (
-                    OutboundMessage(message_id, to.value, "rcs", text=TEASER, envelope=envelope),
-                    self._providers.rcs,
-                )
-            return (
-                OutboundMessage(
-                    message_id, to.value, "push", envelope=envelope, device_kid=decision.device_kid
-                ),
-                self._providers.push,
-            )
-        # Fallbacks carry a link to an authenticated landing page, never the content.
-        link = f"{self._link_base}/m/{secrets.token_urlsafe(24)}"
-        text = (
-            secure_link_text(link) if mode is DeliveryMode.SECURE_LINK else redact(template, link)
-        )
-        if report.rcs:
-            return OutboundMessage(
-                message_id, to.value, "rcs", text=text, link=link
-            ), self._providers.rcs
-        return OutboundMessage(
-            message_id, to.value, "sms", text=text, link=link
-        ), self._providers.sms
 
     def _claim(
         self,
@@ -356,15 +274,10 @@ class MessageService:
                     messages.c.tenant_id == tenant, messages.c.idempotency_key == key
                 )
             ).one()
-        if bytes(row.request_hash) != request_hash:
+        verdict = existing_claim(row, request_hash, now_us, self._stale_claim_us, retry_unavailable)
+        if verdict is Claim.MISMATCH:
             raise Conflict("idempotency_key was used for another message", field="idempotency_key")
-        stale = row.status == "pending" and row.updated_us < now_us - self._stale_claim_us
-        retry = (
-            retry_unavailable
-            and row.status == "failed"
-            and row.reason == ReasonCode.PROVIDER_UNAVAILABLE.value
-        )
-        if stale or retry:
+        if verdict is Claim.TAKE_OVER:
             with write_tx(self._engine) as conn:
                 taken = conn.execute(
                     update(messages)
@@ -381,7 +294,7 @@ class MessageService:
             raise Conflict(
                 "a message with this idempotency_key is being sent", field="idempotency_key"
             )
-        return str(row.id), _response(row)
+        return str(row.id), response(row)
 
     def _finish(
         self,
@@ -396,39 +309,11 @@ class MessageService:
         failure: ReasonCode | None,
     ) -> dict[str, Any]:
         """Store the decision and, in the same transaction, its ``message.decided`` event."""
-        action = "skipped" if failure is not None else decision.action.value
-        reason = failure or decision.reason
         now_us = to_micros(self._clock.now())
+        outcome = Outcome(
+            message_id, ref, hashed_id, decision, provider, provider_message_id, status, failure
+        )
         with write_tx(self._engine) as conn:
-            conn.execute(
-                update(messages)
-                .where(messages.c.tenant_id == tenant, messages.c.id == message_id)
-                .values(
-                    subject_ref=ref,
-                    action=action,
-                    mode=None if decision.mode is None else decision.mode.value,
-                    reason=None if reason is None else reason.value,
-                    device_kid=decision.device_kid,
-                    consent_seq=decision.consent_seq,
-                    provider=provider,
-                    provider_message_id=provider_message_id,
-                    status=status,
-                    updated_us=now_us,
-                )
-            )
-            row = conn.execute(select(messages).where(messages.c.id == message_id)).one()
-            if self._outbox is not None:
-                event = outbox_events.message_decided(
-                    message_id=row.id,
-                    subject_ref=ref,
-                    hashed_id=hashed_id,
-                    consent_type=row.consent_type,
-                    action=row.action,
-                    mode=row.mode,
-                    reason=row.reason,
-                    consent_seq=row.consent_seq,
-                    campaign_id=row.campaign_id,
-                )
-                self._outbox.record(conn, tenant, [event], now_us)
-        self._metrics.send_decided(tenant, row.action, row.mode, row.reason)
-        return _response(row)
+            (row,) = record_outcomes(conn, tenant, [outcome], self._outbox, now_us)
+        count_decisions(self._metrics, tenant, [row])
+        return response(row)

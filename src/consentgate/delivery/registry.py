@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
 
@@ -140,22 +142,27 @@ class Registry:
                 .order_by(devices.c.created_us.desc())
                 .limit(1)
             ).one_or_none()
-        if row is None:
-            return None
-        key = (
-            None
-            if row.key_kid is None
-            else DeviceKey(
-                row.key_kid,
-                row.key_suite,
-                None if row.expires_us is None else from_micros(int(row.expires_us)),
-            )
-        )
-        return DeviceRecord(
-            row.id,
-            RegisteredDevice(bool(row.rcs), bool(row.native_e2ee), key),
-            None if row.public_key is None else bytes(row.public_key),
-        )
+        return None if row is None else _record(row)
+
+    def devices_for(self, tenant: str, subject_refs: Sequence[str]) -> dict[str, DeviceRecord]:
+        """:meth:`device_for` for many subjects in one read (subjects without one are left
+        out): the newest unrevoked device of each."""
+        found: dict[str, DeviceRecord] = {}
+        refs = sorted(set(subject_refs))
+        with read_tx(self._engine) as conn:
+            for start in range(0, len(refs), 900):
+                rows = conn.execute(
+                    select(devices)
+                    .where(
+                        devices.c.tenant_id == tenant,
+                        devices.c.subject_ref.in_(refs[start : start + 900]),
+                        devices.c.revoked_us.is_(None),
+                    )
+                    .order_by(devices.c.created_us)  # the newest comes last and is kept
+                )
+                for row in rows:
+                    found[row.subject_ref] = _record(row)
+        return found
 
     # -- templates ---------------------------------------------------------------------------
     def create_template(self, tenant: str, template: Template) -> str:
@@ -191,3 +198,21 @@ class Registry:
             None if row.rich_card is None else json.loads(row.rich_card),
             bool(row.sensitive),
         )
+
+
+def _record(row: Any) -> DeviceRecord:
+    """A device row as the planner sees it."""
+    key = (
+        None
+        if row.key_kid is None
+        else DeviceKey(
+            row.key_kid,
+            row.key_suite,
+            None if row.expires_us is None else from_micros(int(row.expires_us)),
+        )
+    )
+    return DeviceRecord(
+        row.id,
+        RegisteredDevice(bool(row.rcs), bool(row.native_e2ee), key),
+        None if row.public_key is None else bytes(row.public_key),
+    )

@@ -27,7 +27,7 @@ class DispatchWorker:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                handled = self._campaigns.dispatch_once()
+                handled = self._campaigns.dispatch_once(cancel=self._stop)
             except Exception as exc:  # the store is down, say: claims expire, retry later
                 log.warning("dispatch pass failed (%s); retrying", type(exc).__name__)
                 handled = 0

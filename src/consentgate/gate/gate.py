@@ -1,8 +1,10 @@
 """On-send consent checks and the set-based campaign pre-filter.
 
 ``check`` answers from the TTL cache when it can and from the store otherwise; a withdrawal
-evicts the entry in the process that took it before the request is acknowledged, and in every
-other process through PostgreSQL ``LISTEN/NOTIFY`` (:mod:`consentgate.gate.notify`). If the
+evicts the entry before the request is acknowledged in the process that took it and in this
+host's other processes (shared generation counters, :mod:`consentgate.gate.generations`),
+and in processes on other hosts through PostgreSQL ``LISTEN/NOTIFY``
+(:mod:`consentgate.gate.notify`). If the
 store cannot answer (down, timeout, an ambiguous record), the answer is "no" with reason
 ``store_unavailable`` or ``ambiguous`` — never a send on a guess.
 """
@@ -14,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from consentgate.domain.clock import Clock
@@ -26,6 +28,7 @@ from consentgate.gate import prefilter as prefilter_plans
 from consentgate.gate.cache import CachedState, StateCache
 from consentgate.observability.metrics import Metrics
 from consentgate.storage.engine import read_tx
+from consentgate.storage.tables import consent_state
 
 log = logging.getLogger("consentgate.gate")
 
@@ -68,9 +71,9 @@ class ConsentGate:
         self._timeout_ms = int(statement_timeout.total_seconds() * 1000)
 
     def on_changes(self, tenant: str, keys: list[tuple[str, str]]) -> None:
-        """IngestService listener: evict what a commit just changed."""
-        for ref, purpose in keys:
-            self.cache.evict((tenant, ref, purpose))
+        """IngestService listener: evict what a commit just changed, here and (through the
+        shared generations) in this host's other processes."""
+        self.cache.changed([(tenant, ref, purpose) for ref, purpose in keys])
 
     def _judge(self, state: CachedState, from_cache: bool) -> GateDecision:
         if state.status is None:
@@ -121,6 +124,51 @@ class ConsentGate:
         )
         self.cache.put(key, state, token)
         return self._judge(state, False)
+
+    def check_many(
+        self, tenant: str, subject_refs: Iterable[str], purpose: str
+    ) -> dict[str, GateDecision]:
+        """The on-send check for a dispatch batch: each subject's state read from the store
+        (not the cache: a batch costs one statement anyway, and the store is never stale),
+        in one set-based read, judged at one instant. The store failing denies them all
+        (``store_unavailable``); a subject without a state row has no consent."""
+        refs = list(dict.fromkeys(subject_refs))
+        decisions = dict.fromkeys(refs, _NO_CONSENT)
+        if not refs:
+            return decisions
+        try:
+            with read_tx(self._engine) as conn:
+                self._bounded(conn)
+                for start in range(0, len(refs), 900):
+                    chunk = refs[start : start + 900]
+                    found = conn.execute(
+                        select(
+                            consent_state.c.subject_ref,
+                            consent_state.c.status,
+                            consent_state.c.event_seq,
+                            consent_state.c.expires_us,
+                        ).where(
+                            consent_state.c.tenant_id == tenant,
+                            consent_state.c.consent_type == purpose,
+                            consent_state.c.subject_ref.in_(chunk),
+                        )
+                    )
+                    for ref, status, seq, expires_us in found:
+                        expires = None if expires_us is None else from_micros(int(expires_us))
+                        state = CachedState(status, expires, int(seq))
+                        decisions[ref] = self._judge(state, False)
+        except (ConsentGateError, SQLAlchemyError, OSError) as exc:
+            log.warning(
+                "consent store unavailable for a batch check (%s): failing closed",
+                type(exc).__name__,
+            )
+            decisions = dict.fromkeys(refs, _STORE_UNAVAILABLE)
+        counts: dict[ReasonCode | None, int] = {}
+        for decision in decisions.values():
+            counts[decision.reason] = counts.get(decision.reason, 0) + 1
+        for reason, n in counts.items():
+            self._metrics.gate_checked(tenant, reason, None, n)
+        return decisions
 
     def prefilter(
         self,

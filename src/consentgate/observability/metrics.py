@@ -290,13 +290,15 @@ class Metrics:
         if replayed:
             self._replays.child(tenant).inc(replayed)
 
-    def gate_checked(self, tenant: str, reason: str | None, from_cache: bool | None) -> None:
-        """One on-send check: allowed when ``reason`` is None; ``from_cache`` None when no
-        state was looked up (an unknown subject)."""
+    def gate_checked(
+        self, tenant: str, reason: str | None, from_cache: bool | None, n: int = 1
+    ) -> None:
+        """``n`` on-send checks: allowed when ``reason`` is None; ``from_cache`` None when no
+        cache was consulted (an unknown subject, a batch read from the store)."""
         result = "allowed" if reason is None else "denied"
-        self._gate.child(tenant, "check", result, reason).inc()
+        self._gate.child(tenant, "check", result, reason).inc(n)
         if from_cache is not None:
-            self._gate_cache.child("hit" if from_cache else "miss").inc()
+            self._gate_cache.child("hit" if from_cache else "miss").inc(n)
 
     def gate_prefiltered(self, tenant: str, counts: dict[str | None, int]) -> None:
         """One campaign pre-filter: how many rows per refusal reason (None: allowed)."""
@@ -305,11 +307,13 @@ class Metrics:
                 result = "allowed" if reason is None else "denied"
                 self._gate.child(tenant, "prefilter", result, reason).inc(n)
 
-    def send_decided(self, tenant: str, action: str, mode: str | None, reason: str | None) -> None:
-        """After a message's decision row is written."""
-        self._sends.child(tenant, action, mode, reason).inc()
+    def send_decided(
+        self, tenant: str, action: str, mode: str | None, reason: str | None, n: int = 1
+    ) -> None:
+        """After ``n`` messages' decision rows are written (a batch counts at once)."""
+        self._sends.child(tenant, action, mode, reason).inc(n)
         if action == SendAction.FALLBACK.value:
-            self._fallbacks.child(tenant, mode, reason).inc()
+            self._fallbacks.child(tenant, mode, reason).inc(n)
 
     def campaign_recipients(self, tenant: str, outcome: str, n: int = 1) -> None:
         if n:

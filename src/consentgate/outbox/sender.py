@@ -1,4 +1,6 @@
 """The relay's HTTP seam: POST a batch of signed webhooks concurrently, report each outcome.
+(The campaign dispatcher sends provider requests through it too: ``method``, the response
+``body`` and a rate limiter's ``wait`` are for it.)
 
 A thread pool of keep-alive ``http.client`` connections (one per thread and endpoint origin):
 on loopback it sustains several thousand signed POSTs/s on one core, where the async httpx
@@ -30,6 +32,10 @@ class Request:
     url: str
     body: bytes
     headers: Callable[[], dict[str, str]]  # called at send time (signs with that timestamp)
+    method: str = "POST"
+    # Called in the sending thread just before the request, with the batch's deadline: False
+    # means "not before the deadline" (a rate limiter), and the request is not attempted.
+    wait: Callable[[float], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +43,7 @@ class Result:
     attempted: bool
     status: int | None = None  # the HTTP status, when a response came
     error: str | None = None  # None: a 2xx; else "http 500", "timeout", "connection error"
+    body: bytes = b""  # the response body (at most MAX_RESPONSE bytes)
 
     @property
     def ok(self) -> bool:
@@ -85,13 +92,15 @@ class HttpSender:
     def _one(self, request: Request, deadline: float, cancel: threading.Event | None) -> Result:
         if time.monotonic() > deadline or (cancel is not None and cancel.is_set()):
             return Result(attempted=False)
+        if request.wait is not None and not request.wait(deadline):
+            return Result(attempted=False)
         try:
-            status = self._post(request)
+            status, body = self._post(request)
         except TimeoutError:
             return Result(True, None, "timeout")
         except (OSError, http.client.HTTPException, ValueError):
             return Result(True, None, "connection error")
-        return Result(True, status, None if 200 <= status < 300 else f"http {status}")
+        return Result(True, status, None if 200 <= status < 300 else f"http {status}", body)
 
     def _connections(self) -> dict[tuple[str, str], http.client.HTTPConnection]:
         conns: dict[tuple[str, str], http.client.HTTPConnection] | None = getattr(
@@ -103,7 +112,7 @@ class HttpSender:
                 self._per_thread.append(conns)
         return conns
 
-    def _post(self, request: Request) -> int:
+    def _post(self, request: Request) -> tuple[int, bytes]:
         parts = urlsplit(request.url)
         origin = (parts.scheme, parts.netloc)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -130,13 +139,15 @@ class HttpSender:
             conns.pop(origin, None)
             raise
 
-    def _exchange(self, conn: http.client.HTTPConnection, path: str, request: Request) -> int:
-        conn.request("POST", path, body=request.body, headers=request.headers())
+    def _exchange(
+        self, conn: http.client.HTTPConnection, path: str, request: Request
+    ) -> tuple[int, bytes]:
+        conn.request(request.method, path, body=request.body, headers=request.headers())
         response = conn.getresponse()
-        response.read(MAX_RESPONSE)
+        body = response.read(MAX_RESPONSE)
         if not response.isclosed():  # more than we read: this connection cannot be reused
             conn.close()
-        return response.status
+        return response.status, body
 
     def _connect(self, scheme: str, host: str, port: int | None) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection

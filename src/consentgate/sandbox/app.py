@@ -3,9 +3,10 @@ providers over real HTTP, so consentgate's real adapters can be exercised end to
 a carrier account. The main app mounts it at ``/sandbox``; every route below is relative.
 
 - RCS in Google RBM's REST format under ``/rbm/v1/phones/...`` (capabilities, agent
-  messages, revocation), SMS in Twilio's Messages API format under
-  ``/twilio/2010-04-01/Accounts/{sid}/Messages.json``, in-app push under ``/push/v1/messages``
-  (see the adapters in :mod:`consentgate.delivery.providers` for the formats).
+  messages, revocation) and ``/rbm/v1/users:batchGet`` (batch capabilities), SMS in
+  Twilio's Messages API format under ``/twilio/2010-04-01/Accounts/{sid}/Messages.json``,
+  in-app push under ``/push/v1/messages`` (see the adapters in
+  :mod:`consentgate.delivery.providers` for the formats).
 - A device population (``PUT /devices``): listed numbers with ``rcs`` are reachable over RCS,
   ``native_e2ee`` ones also report the ``E2EE_NATIVE`` feature; anything else has no RCS.
 - What was "delivered" (``GET /messages``, ``DELETE /messages``), user replies and
@@ -135,6 +136,12 @@ class _RbmMessageIn(BaseModel):
     content: dict[str, Any] = Field(alias="contentMessage")
     envelope: dict[str, Any] | None = Field(None, alias="consentgateEnvelope")
     require_e2ee: bool = Field(False, alias="consentgateRequireE2ee")
+
+
+class _BatchGetIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    users: list[str] = Field(max_length=10_000)
+    agent_id: str | None = Field(None, alias="agentId")
 
 
 class PushIn(_Strict):
@@ -471,10 +478,10 @@ def _control_routes(app: FastAPI, carrier: _Carrier) -> None:
 
 
 def _rbm_routes(app: FastAPI, carrier: _Carrier) -> None:
-    def check(request: Request, phone: str) -> Response | None:
+    def check(request: Request, phone: str | None) -> Response | None:
         if not (request.headers.get("authorization") or "").startswith("Bearer "):
             return wire_error("rbm", 401, "Request is missing a bearer token.")
-        if not E164.match(phone):
+        if phone is not None and not E164.match(phone):
             return wire_error("rbm", 400, "The phone number is not in E.164 format.")
         return None
 
@@ -489,6 +496,28 @@ def _rbm_routes(app: FastAPI, carrier: _Carrier) -> None:
             return wire_error("rbm", 404, "Requested entity was not found.")
         features = _FEATURES + ([rbm.E2EE_FEATURE] if device.native_e2ee else [])
         return JSONResponse({"features": features})
+
+    @app.post("/rbm/v1/users:batchGet")
+    async def batch_get(request: Request) -> Response:
+        """Which of the numbers are reachable over RCS (and, as a sandbox extension, which of
+        those have native E2EE)."""
+        refusal = await carrier.fault("rbm") or check(request, None)
+        if refusal is not None:
+            return refusal
+        try:
+            body = _BatchGetIn.model_validate_json(await request.body())
+        except ValidationError:
+            return wire_error("rbm", 400, "Invalid JSON payload.")
+        with carrier.lock:
+            found = [carrier.devices.get(p) for p in body.users]
+        reachable = [d for d in found if d is not None and d.rcs]
+        answer = {
+            "reachableUsers": [d.phone for d in reachable],
+            "totalRandomSampleUserCount": 0,
+            "reachableRandomSampleUserCount": 0,
+            "consentgateNativeE2eeUsers": [d.phone for d in reachable if d.native_e2ee],
+        }
+        return JSONResponse(answer)
 
     @app.post("/rbm/v1/phones/{phone}/agentMessages")
     async def create(request: Request, phone: str) -> Response:

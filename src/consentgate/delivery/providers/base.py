@@ -28,10 +28,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import httpx
 
@@ -76,6 +76,17 @@ class OutboundMessage:
     link: str | None = field(default=None, repr=False)
     e2ee: bool = False
     device_kid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WireRequest:
+    """One HTTP request to a provider, built without sending it (the batched dispatcher sends
+    many at once over its own keep-alive connections). ``headers`` include authentication."""
+
+    method: str
+    url: str = field(repr=False)  # RBM URLs hold the number
+    body: bytes = field(repr=False)
+    headers: dict[str, str] = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +189,36 @@ class Provider(Protocol):
         ...
 
 
+@runtime_checkable
+class WireSender(Protocol):
+    """A provider whose send can be split into building the request and reading the answer,
+    so a caller can carry many sends over its own connections (same wire format as
+    ``send``, which is ``send_answer(m, *http(send_request(m)))``)."""
+
+    def send_request(self, message: OutboundMessage) -> WireRequest: ...
+
+    def send_answer(self, message: OutboundMessage, status: int, body: bytes) -> SendReceipt:
+        """The receipt for the provider's answer; raises like ``send``."""
+        ...
+
+
+@runtime_checkable
+class BatchCapabilities(Protocol):
+    """A provider that answers the capability check for many numbers in one request."""
+
+    def capabilities_many(self, phones: Sequence[str]) -> dict[str, Capabilities]:
+        """Every number of ``phones`` → its capabilities. Raises ProviderUnavailable."""
+        ...
+
+
+def capabilities_many(provider: Provider, phones: Sequence[str]) -> dict[str, Capabilities]:
+    """The capability check for many numbers: one batch request where the provider has one,
+    else one check per number. Raises ProviderError when the provider could not answer."""
+    if isinstance(provider, BatchCapabilities):
+        return provider.capabilities_many(phones)
+    return {phone: provider.capabilities(phone) for phone in phones}
+
+
 # --- helpers shared by the adapters ------------------------------------------------------------
 
 
@@ -243,13 +284,20 @@ def raise_for_status(
     ``error_code`` picks the provider's machine-readable code out of its error body (never
     its free text).
     """
-    status = response.status_code
+    if response.status_code >= 300:
+        raise_for_answer(response.status_code, response.content, provider, error_code)
+
+
+def raise_for_answer(
+    status: int, content: bytes, provider: str, error_code: Callable[[dict[str, Any]], object]
+) -> None:
+    """:func:`raise_for_status` on a status and body read by any HTTP client."""
     if status < 300:
         return
     try:
-        body = response.json()
+        body = json.loads(content)
         code = error_code(body) if isinstance(body, dict) else None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
         code = None
     detail = f"{provider}: HTTP {status}" + (f" {code}" if code not in (None, "") else "")
     if status in (408, 429) or status >= 500:

@@ -9,6 +9,9 @@ Wire format (Google RBM REST v1 reference: ``phones.getCapabilities``,
   ``{"features": ["RICHCARD_STANDALONE", ...]}``; ``404 NOT_FOUND`` means the number cannot
   be reached over RBM (no RCS). RBM has no public flag for native end-to-end encryption:
   the sandbox reports it as an extra feature string, :data:`E2EE_FEATURE` (``E2EE_NATIVE``).
+- batch capabilities: ``POST {base}/v1/users:batchGet`` ``{"users": [E.164, ...],
+  "agentId"}`` (at most 10,000) → ``{"reachableUsers": [...]}``: RCS or not, no features. The
+  sandbox adds ``consentgateNativeE2eeUsers`` (the reachable ones with native E2EE).
 - send: ``POST {base}/v1/phones/{E.164}/agentMessages?messageId={id}[&agentId=]`` with
   ``{"contentMessage": {"text": ..., "suggestions": [{"action": {"openUrlAction": ...}}]}}``.
   The visible text is the teaser; a link travels as an "open URL" suggested action. A real
@@ -38,9 +41,9 @@ import hashlib
 import hmac
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -51,9 +54,11 @@ from consentgate.delivery.providers.base import (
     OutboundMessage,
     ProviderEvent,
     SendReceipt,
+    WireRequest,
     event_time,
     header,
     quiet_http_client_logs,
+    raise_for_answer,
     raise_for_status,
     request,
     require_e164,
@@ -66,6 +71,8 @@ E2EE_FEATURE = "E2EE_NATIVE"
 #: Shown when an encrypted-mode message comes without a teaser of its own.
 DEFAULT_TEASER = "You have a new secure message."
 SIGNATURE_HEADER = "X-Goog-Signature"
+#: Numbers per ``users:batchGet`` request (RBM's limit).
+BATCH_GET_MAX = 10_000
 _LINK_POSTBACK = "consentgate:open_link"
 
 _EVENT_KINDS = {"DELIVERED": "delivered", "READ": "read", "UNSUBSCRIBE": "unsubscribe"}
@@ -183,7 +190,39 @@ class RbmProvider:
             features = []
         return Capabilities(rcs=True, native_e2ee=E2EE_FEATURE in features)
 
+    def capabilities_many(self, phones: Sequence[str]) -> dict[str, Capabilities]:
+        """RBM's ``users:batchGet``: which of the numbers are reachable over RBM (RCS), in
+        requests of at most :data:`BATCH_GET_MAX`. The sandbox also lists those with native
+        E2EE (``consentgateNativeE2eeUsers``); without that list no number has it."""
+        found: dict[str, Capabilities] = {}
+        for start in range(0, len(phones), BATCH_GET_MAX):
+            chunk = [require_e164(p) for p in phones[start : start + BATCH_GET_MAX]]
+            body = {"users": chunk, **({"agentId": self._agent_id} if self._agent_id else {})}
+            response = request(
+                self._http,
+                self.name,
+                "POST",
+                f"{self._base}/v1/users:batchGet",
+                json=body,
+                headers=self._headers(),
+            )
+            raise_for_status(response, self.name, _google_status)
+            answer = response_json(response, self.name)
+            reachable = _str_set(answer.get("reachableUsers"))
+            native = _str_set(answer.get("consentgateNativeE2eeUsers")) & reachable
+            for phone in chunk:
+                found[phone] = Capabilities(rcs=phone in reachable, native_e2ee=phone in native)
+        return found
+
     def send(self, message: OutboundMessage) -> SendReceipt:
+        wire = self.send_request(message)
+        response = request(
+            self._http, self.name, wire.method, wire.url, content=wire.body, headers=wire.headers
+        )
+        return self.send_answer(message, response.status_code, response.content)
+
+    def send_request(self, message: OutboundMessage) -> WireRequest:
+        """``agentMessages.create`` for ``message``, as bytes (see :meth:`send`)."""
         if message.channel != "rcs":
             raise ValueError(f"rbm sends RCS messages, not {message.channel!r}")
         content: dict[str, Any] = {
@@ -200,19 +239,19 @@ class RbmProvider:
                 body["consentgateEnvelope"] = message.envelope
             if message.e2ee:
                 body["consentgateRequireE2ee"] = True
-        response = request(
-            self._http,
-            self.name,
+        query = urlencode(self._params(messageId=message.message_id))
+        return WireRequest(
             "POST",
-            self._phone_url(message.to, "agentMessages"),
-            params=self._params(messageId=message.message_id),
-            json=body,
-            headers=self._headers(),
+            f"{self._phone_url(message.to, 'agentMessages')}?{query}",
+            json.dumps(body, separators=(",", ":")).encode("utf-8"),
+            {**self._headers(), "Content-Type": "application/json"},
         )
-        if response.status_code == 409 and _is_google_status(response, "ALREADY_EXISTS"):
+
+    def send_answer(self, message: OutboundMessage, status: int, body: bytes) -> SendReceipt:
+        if status == 409 and _google_status_is(body, "ALREADY_EXISTS"):
             # Sent before under this id (a retry after a lost answer): the effect happened once.
             return SendReceipt(provider_message_id=message.message_id, accepted=True)
-        raise_for_status(response, self.name, _google_status)
+        raise_for_answer(status, body, self.name, _google_status)
         return SendReceipt(provider_message_id=message.message_id, accepted=True)
 
     def revoke(self, provider_message_id: str, *, to: str | None = None) -> bool:
@@ -285,11 +324,19 @@ def _opt_str(obj: Mapping[str, Any], key: str) -> str | None:
 def _is_google_status(response: httpx.Response, status: str) -> bool:
     """True when the body is a Google API error with this canonical status (a 404 from a
     mistyped base URL is not an answer about the number)."""
+    return _google_status_is(response.content, status)
+
+
+def _google_status_is(content: bytes, status: str) -> bool:
     try:
-        body = response.json()
+        body = json.loads(content)
         return isinstance(body, dict) and body["error"]["status"] == status
     except (ValueError, UnicodeDecodeError, KeyError, TypeError):
         return False
+
+
+def _str_set(value: object) -> set[str]:
+    return {v for v in value if isinstance(v, str)} if isinstance(value, list) else set()
 
 
 __all__ = [

@@ -1,0 +1,680 @@
+"""Batched campaign dispatch: hundreds of recipients per pass, each with every guarantee of a
+single ``POST /v1/messages``, at the cost of a few statements and one HTTP connection per
+sending thread instead of several of each per message.
+
+One pass (:meth:`Dispatcher.dispatch_once`):
+
+1. claim up to ``batch`` due recipients with a lease (one transaction; on PostgreSQL
+   ``FOR UPDATE SKIP LOCKED``): a worker that dies leaves them to be claimed again;
+2. unseal each number (memory only) and hash it under every salt version;
+3. take the idempotency keys ``campaign:<id>:<seq>`` in one transaction (a multi-row insert
+   that skips keys already taken; those are settled by the same rule as a single send,
+   :func:`consentgate.delivery.sending.existing_claim`: a stale claim or an unavailable
+   provider is taken over under the stored message id, so the provider de-duplicates; a
+   stored answer is the recipient's answer; nothing is ever sent twice);
+4. the consent gate, at send time, for the whole batch in one set-based read of the store
+   (:meth:`ConsentGate.check_many`): a withdrawal acknowledged before it stops the send;
+5. the provider's capability check for the batch (RBM ``users:batchGet``), the recipients'
+   devices in one read, then the planner (pure) and the envelope per recipient;
+6. the sends, concurrently over keep-alive connections (the outbox relay's
+   :class:`~consentgate.outbox.sender.HttpSender`), each provider within its rate limit; a
+   send not started before the lease runs out is handed back untried;
+7. the outcomes, their ``message.decided`` outbox events and the recipients' states in one
+   transaction of batched statements; numbers are purged as each recipient completes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from consentgate.crypto.keystore import KeyStore
+from consentgate.delivery.planner import (
+    CapabilityReport,
+    ConsentCheck,
+    ConsentInForce,
+    ConsentRefused,
+    SendDecision,
+    plan,
+)
+from consentgate.delivery.providers.base import (
+    OutboundMessage,
+    Provider,
+    ProviderError,
+    ProviderRejected,
+    ProviderUnavailable,
+    SendReceipt,
+    WireSender,
+    capabilities_many,
+)
+from consentgate.delivery.ratelimit import RateLimits
+from consentgate.delivery.registry import Registry
+from consentgate.delivery.sending import (
+    Claim,
+    Composer,
+    Outcome,
+    count_decisions,
+    existing_claim,
+    record_outcomes,
+    request_hash,
+)
+from consentgate.delivery.templates import Template
+from consentgate.domain.clock import Clock
+from consentgate.domain.reasons import ReasonCode
+from consentgate.domain.timeutil import to_micros
+from consentgate.errors import ConsentGateError, NotFound
+from consentgate.gate.gate import ConsentGate
+from consentgate.observability.metrics import Metrics
+from consentgate.outbox import events as outbox_events
+from consentgate.outbox.sender import Request, Result, Sender
+from consentgate.outbox.store import OutboxWriter
+from consentgate.storage.engine import read_tx, write_tx
+from consentgate.storage.tables import campaign_recipients, campaigns, messages, subject_links
+from consentgate.tenants.service import TenantService
+
+MAX_ATTEMPTS = 5
+RETRY_BASE = timedelta(seconds=2)
+
+
+# --- the sealed number ---------------------------------------------------------------------------
+
+
+def seal_number(keys: KeyStore, tenant: str, context: str, e164: str) -> tuple[bytes, bytes]:
+    """(sealed, wrapped data key): AES-256-GCM under a fresh key bound to ``context``."""
+    key = AESGCM.generate_key(bit_length=256)
+    nonce = secrets.token_bytes(12)
+    sealed = nonce + AESGCM(key).encrypt(nonce, e164.encode(), context.encode())
+    return sealed, keys.wrap_data_key(tenant, key, context)
+
+
+def unseal_number(keys: KeyStore, tenant: str, context: str, sealed: bytes, wrapped: bytes) -> str:
+    key = keys.unwrap_data_key(tenant, wrapped, context)
+    return AESGCM(key).decrypt(sealed[:12], sealed[12:], context.encode()).decode()
+
+
+# --- one recipient through a pass ----------------------------------------------------------------
+
+_NO_CONSENT = ConsentRefused(ReasonCode.NO_CONSENT)
+
+
+@dataclass(slots=True, eq=False)
+class _Item:
+    row: Any  # the claimed campaign_recipients row (+ template_id, consent_type)
+    attempt: int
+    e164: str = field(default="", repr=False)
+    hashes: dict[int, str] = field(default_factory=dict)
+    message_id: str | None = None
+    ref: str | None = None
+    consent: ConsentCheck = _NO_CONSENT
+    outcome: Outcome | None = None
+    answer: Any = None  # the stored message row, when the key was answered before
+    values: dict[str, Any] | None = None  # the recipient's new state
+    released: bool = False  # its claim is given back untried
+
+    @property
+    def key(self) -> str:
+        return f"campaign:{self.row.campaign_id}:{self.row.seq}"
+
+    @property
+    def current(self) -> str:
+        return self.hashes[max(self.hashes)]
+
+
+_DONE_NO_MESSAGE = {"state": "done", "action": "skipped", "reason": "ambiguous"}
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        engine: Engine,
+        tenants: TenantService,
+        gate: ConsentGate,
+        registry: Registry,
+        composer: Composer,
+        keystore: KeyStore,
+        clock: Clock,
+        sender: Sender | None,
+        limits: RateLimits,
+        *,
+        lease: timedelta,
+        stale_claim: timedelta,
+        concurrency: int = 32,
+        metrics: Metrics | None = None,
+        outbox: OutboxWriter | None = None,
+    ) -> None:
+        self._engine = engine
+        self._tenants = tenants
+        self._gate = gate
+        self._registry = registry
+        self._composer = composer
+        self._keys = keystore
+        self._clock = clock
+        self._sender = sender
+        self._limits = limits
+        self._lease = lease
+        self._lease_us = int(lease.total_seconds() * 1_000_000)
+        self._stale_us = int(stale_claim.total_seconds() * 1_000_000)
+        self._metrics = metrics or Metrics()
+        self._outbox = outbox
+        # Providers without a wire format of their own (a test fake) are called from here.
+        self._pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="dispatch-send")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _now_us(self) -> int:
+        return to_micros(self._clock.now())
+
+    # -- the pass ----------------------------------------------------------------------------
+
+    def dispatch_once(self, limit: int, cancel: threading.Event | None = None) -> int:
+        """Claim and work up to ``limit`` due recipients; return how many were claimed."""
+        rcs_rate = self._limits.rate(self._composer.providers.rcs.name)
+        if rcs_rate is not None:  # a batch the provider can take before its consent goes stale
+            limit = min(limit, max(10, int(rcs_rate)))
+        claimed = self._claim(limit)
+        groups: dict[tuple[str, str], list[_Item]] = {}
+        for row in claimed:  # the attempt number as stored by this claim
+            groups.setdefault((row.tenant_id, row.campaign_id), []).append(
+                _Item(row, row.attempts + 1)
+            )
+        for (tenant, _), items in groups.items():
+            self._work(tenant, items, cancel)
+        self._close_finished({row.campaign_id for row in claimed})
+        return len(claimed)
+
+    def _claim(self, limit: int) -> list[Any]:
+        now = self._now_us()
+        lease = now + self._lease_us
+        with write_tx(self._engine) as conn:
+            due = (
+                select(campaign_recipients, campaigns.c.template_id, campaigns.c.consent_type)
+                .join(campaigns, campaigns.c.id == campaign_recipients.c.campaign_id)
+                .where(
+                    campaign_recipients.c.state.in_(["queued", "claimed"]),
+                    campaign_recipients.c.due_us <= now,
+                )
+                .order_by(campaign_recipients.c.due_us)
+                .limit(limit)
+            )
+            if conn.dialect.name == "postgresql":
+                due = due.with_for_update(skip_locked=True, of=campaign_recipients)
+            rows = conn.execute(due).all()
+            if not rows:
+                return []
+            conn.execute(
+                update(campaign_recipients)
+                .where(
+                    campaign_recipients.c.campaign_id == bindparam("b_campaign"),
+                    campaign_recipients.c.seq == bindparam("b_seq"),
+                )
+                .values(state="claimed", due_us=lease, attempts=bindparam("b_attempts")),
+                [
+                    {"b_campaign": r.campaign_id, "b_seq": r.seq, "b_attempts": r.attempts + 1}
+                    for r in rows
+                ],
+            )
+            for campaign_id in {r.campaign_id for r in rows}:
+                conn.execute(
+                    update(campaigns)
+                    .where(campaigns.c.id == campaign_id, campaigns.c.status == "queued")
+                    .values(status="running", updated_us=now)
+                )
+        return list(rows)
+
+    def _work(self, tenant: str, items: list[_Item], cancel: threading.Event | None) -> None:
+        first = items[0].row
+        template = self._template(tenant, first.template_id, first.consent_type)
+        live: list[_Item] = []
+        for item in items:
+            if template is not None and self._unseal(tenant, item):
+                live.append(item)
+            else:  # not sendable as stored: record and purge
+                item.values = dict(_DONE_NO_MESSAGE)
+        if template is not None and live:
+            self._hash(tenant, live)
+            live = self._take_keys(tenant, live, template)
+            self._check_consent(tenant, live, first.consent_type)
+            self._plan_and_send(tenant, live, template, cancel)
+        self._record(tenant, items)
+
+    def _template(self, tenant: str, template_id: str, consent_type: str) -> Template | None:
+        try:
+            if consent_type not in self._tenants.catalogue(tenant):
+                return None
+            return self._registry.template(tenant, template_id)
+        except (NotFound, ConsentGateError):
+            return None
+
+    def _unseal(self, tenant: str, item: _Item) -> bool:
+        r = item.row
+        if r.sealed is None or r.wrapped_key is None or r.hashed_id is None:
+            return False
+        try:
+            context = f"{r.campaign_id}:{r.seq}"
+            item.e164 = unseal_number(self._keys, tenant, context, r.sealed, r.wrapped_key)
+        except (ConsentGateError, ValueError):
+            return False
+        return True
+
+    def _hash(self, tenant: str, items: list[_Item]) -> None:
+        numbers = [i.e164.encode() for i in items]
+        for version in self._keys.salt_versions(tenant):
+            digests = self._keys.keyed_hash_many(tenant, version, numbers)
+            for item, digest in zip(items, digests, strict=True):
+                item.hashes[version] = digest.hex()
+
+    # -- idempotency -------------------------------------------------------------------------
+
+    def _take_keys(self, tenant: str, items: list[_Item], template: Template) -> list[_Item]:
+        """Claim every recipient's idempotency key in one transaction; return the items this
+        pass sends (the others have their answer, or wait for the worker that holds them)."""
+        now = self._now_us()
+        consent_type = items[0].row.consent_type
+        wanted = {
+            i.key: request_hash(i.current, consent_type, template.template_id, {}) for i in items
+        }
+        mine = {i.key: str(uuid.uuid4()) for i in items}
+        rows = [
+            {
+                "id": mine[i.key],
+                "tenant_id": tenant,
+                "idempotency_key": i.key,
+                "request_hash": wanted[i.key],
+                "consent_type": consent_type,
+                "template_id": template.template_id,
+                "campaign_id": i.row.campaign_id,
+                "action": "pending",
+                "status": "pending",
+                "created_us": now,
+                "updated_us": now,
+            }
+            for i in items
+        ]
+        sending: list[_Item] = []
+        with write_tx(self._engine) as conn:
+            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+            conn.execute(dialect.insert(messages).on_conflict_do_nothing(), rows)
+            stored: dict[str, Any] = {}
+            keys = list(mine)
+            for start in range(0, len(keys), 900):
+                for row in conn.execute(
+                    select(messages).where(
+                        messages.c.tenant_id == tenant,
+                        messages.c.idempotency_key.in_(keys[start : start + 900]),
+                    )
+                ):
+                    stored[row.idempotency_key] = row
+            for item in items:
+                row = stored[item.key]
+                if row.id == mine[item.key]:
+                    item.message_id = row.id
+                    sending.append(item)
+                    continue
+                verdict = existing_claim(row, wanted[item.key], now, self._stale_us, True)
+                if verdict is Claim.TAKE_OVER and self._take_over(conn, row, now):
+                    item.message_id = row.id
+                    sending.append(item)
+                elif verdict is Claim.MISMATCH:
+                    item.values = dict(_DONE_NO_MESSAGE)
+                elif row.status == "pending":  # another worker is sending it: come back later
+                    item.values = {"state": "queued", "due_us": now + self._stale_us}
+                else:
+                    item.answer = row
+        return sending
+
+    @staticmethod
+    def _take_over(conn: Connection, row: Any, now: int) -> bool:
+        taken = conn.execute(
+            update(messages)
+            .where(
+                messages.c.id == row.id,
+                messages.c.status == row.status,
+                messages.c.updated_us == row.updated_us,
+            )
+            .values(status="pending", updated_us=now)
+        ).rowcount
+        return taken == 1
+
+    # -- consent, plan, send -----------------------------------------------------------------
+
+    def _check_consent(self, tenant: str, items: list[_Item], consent_type: str) -> None:
+        """Subjects by hashed id, then the gate for all of them in one read."""
+        hashes = sorted({h for i in items for h in i.hashes.values()})
+        refs: dict[str, str] = {}
+        with read_tx(self._engine) as conn:
+            for start in range(0, len(hashes), 900):
+                for hashed_id, ref in conn.execute(
+                    select(subject_links.c.hashed_id, subject_links.c.subject_ref).where(
+                        subject_links.c.tenant_id == tenant,
+                        subject_links.c.hashed_id.in_(hashes[start : start + 900]),
+                    )
+                ):
+                    refs[hashed_id] = ref
+        for item in items:
+            known = {refs[h] for h in item.hashes.values() if h in refs}
+            if len(known) == 1:
+                item.ref = known.pop()
+            elif known:
+                item.consent = ConsentRefused(ReasonCode.AMBIGUOUS)
+        verdicts = self._gate.check_many(
+            tenant, [i.ref for i in items if i.ref is not None], consent_type
+        )
+        for item in items:
+            if item.ref is None:
+                continue
+            verdict = verdicts[item.ref]
+            if verdict.allowed and verdict.consent_seq is not None:
+                item.consent = ConsentInForce(verdict.consent_seq)
+            elif verdict.reason is not None:
+                item.consent = ConsentRefused(verdict.reason)
+
+    def _plan_and_send(
+        self,
+        tenant: str,
+        items: list[_Item],
+        template: Template,
+        cancel: threading.Event | None,
+    ) -> None:
+        now = self._clock.now()
+        allowed = [i for i in items if isinstance(i.consent, ConsentInForce)]
+        for item in items:
+            if isinstance(item.consent, ConsentRefused):
+                decision = plan(
+                    item.consent,
+                    sensitive=template.sensitive,
+                    capabilities=CapabilityReport.unavailable(),
+                    device=None,
+                    now=now,
+                )
+                item.outcome = self._outcome(item, decision, None, None, "skipped", None)
+        if not allowed:
+            return
+        rcs = self._composer.providers.rcs
+        try:
+            caps = capabilities_many(rcs, [i.e164 for i in allowed])
+            reports = {p: CapabilityReport(c.rcs, c.native_e2ee) for p, c in caps.items()}
+        except ProviderError:
+            reports = {}
+        devices = self._registry.devices_for(tenant, [str(i.ref) for i in allowed])
+        outbound: list[tuple[_Item, SendDecision, OutboundMessage, Provider]] = []
+        for item in allowed:
+            report = reports.get(item.e164, CapabilityReport.unavailable())
+            record = devices.get(str(item.ref))
+            decision = plan(
+                item.consent,
+                sensitive=template.sensitive,
+                capabilities=report,
+                device=None if record is None else record.device,
+                now=now,
+            )
+            message, provider = self._composer.outbound(
+                tenant,
+                str(item.message_id),
+                item.e164,
+                template,
+                {},
+                decision,
+                None if record is None else record.public_key,
+                report,
+                int(now.timestamp()),
+            )
+            outbound.append((item, decision, message, provider))
+        deadline = time.monotonic() + self._lease.total_seconds() * 0.75
+        answers = self._send_all([(m, p) for _, _, m, p in outbound], deadline, cancel)
+        for (item, decision, _, provider), answer in zip(outbound, answers, strict=True):
+            if answer is None:
+                item.released = True  # never left this process: hand the claim back
+            elif isinstance(answer, ProviderError):
+                reason = (
+                    ReasonCode.PROVIDER_REJECTED
+                    if isinstance(answer, ProviderRejected)
+                    else ReasonCode.PROVIDER_UNAVAILABLE
+                )
+                item.outcome = self._outcome(item, decision, provider.name, None, "failed", reason)
+            else:
+                pmid = answer.provider_message_id
+                item.outcome = self._outcome(item, decision, provider.name, pmid, "sent", None)
+
+    def _outcome(
+        self,
+        item: _Item,
+        decision: SendDecision,
+        provider: str | None,
+        provider_message_id: str | None,
+        status: str,
+        failure: ReasonCode | None,
+    ) -> Outcome:
+        return Outcome(
+            str(item.message_id),
+            item.ref,
+            item.current,
+            decision,
+            provider,
+            provider_message_id,
+            status,
+            failure,
+        )
+
+    def _send_all(
+        self,
+        sends: Sequence[tuple[OutboundMessage, Provider]],
+        deadline: float,
+        cancel: threading.Event | None,
+    ) -> list[SendReceipt | ProviderError | None]:
+        """Every send at once: wire-format providers through the HTTP sender's keep-alive
+        connections, others on this dispatcher's threads. None: not attempted."""
+        answers: list[SendReceipt | ProviderError | None] = [None] * len(sends)
+        wired = [
+            (n, m, p)
+            for n, (m, p) in enumerate(sends)
+            if self._sender is not None and isinstance(p, WireSender)
+        ]
+        wired_at = {n for n, _, _ in wired}
+        others = [
+            self._pool.submit(self._send_one, m, p, deadline, cancel)
+            for n, (m, p) in enumerate(sends)
+            if n not in wired_at
+        ]
+        if wired and self._sender is not None:
+            requests = [self._request(m, p) for _, m, p in wired]
+            results = self._sender.send_all(requests, deadline, cancel)
+            for (n, m, p), result in zip(wired, results, strict=True):
+                answers[n] = _read(m, p, result)
+        rest = iter(others)
+        for n in range(len(sends)):
+            if n not in wired_at:
+                answers[n] = next(rest).result()
+        return answers
+
+    def _request(self, message: OutboundMessage, provider: Provider) -> Request:
+        assert isinstance(provider, WireSender)
+        wire = provider.send_request(message)
+        headers = wire.headers
+        return Request(
+            wire.url, wire.body, lambda: headers, method=wire.method, wait=self._wait(provider)
+        )
+
+    def _wait(self, provider: Provider) -> Callable[[float], bool] | None:
+        bucket = self._limits.bucket(provider.name)
+        return None if bucket is None else bucket.acquire
+
+    def _send_one(
+        self,
+        message: OutboundMessage,
+        provider: Provider,
+        deadline: float,
+        cancel: threading.Event | None,
+    ) -> SendReceipt | ProviderError | None:
+        if time.monotonic() > deadline or (cancel is not None and cancel.is_set()):
+            return None
+        wait = self._wait(provider)
+        if wait is not None and not wait(deadline):
+            return None
+        try:
+            return provider.send(message)
+        except ProviderError as exc:
+            return exc
+
+    # -- the record --------------------------------------------------------------------------
+
+    def _record(self, tenant: str, items: list[_Item]) -> None:
+        """Outcomes, outbox events and recipient states in one transaction."""
+        now = self._now_us()
+        outcomes = [i.outcome for i in items if i.outcome is not None]
+        for item in items:
+            if item.values is not None:
+                continue
+            if item.outcome is not None or item.answer is not None:
+                item.values = {}  # from the stored row below
+            else:  # released untried (or never reached): due again at once
+                item.values = {"state": "queued", "due_us": now}
+        with write_tx(self._engine) as conn:
+            stored = record_outcomes(conn, tenant, outcomes, self._outbox, now)
+            by_id = {row.id: row for row in stored}
+            released = [str(i.message_id) for i in items if i.released]
+            if released:
+                conn.execute(
+                    delete(messages).where(
+                        messages.c.id.in_(released), messages.c.status == "pending"
+                    )
+                )
+            params = []
+            for item in items:
+                row = item.answer if item.answer is not None else by_id.get(str(item.message_id))
+                values = item.values if item.values else self._settled(item, row, now)
+                params.append(_recipient_params(item.row, values))
+            conn.execute(_RECIPIENT, params)
+            lost = [i for i in items if i.values == _DONE_NO_MESSAGE]  # dicts, by value
+            self._decided_without_message(conn, tenant, lost, now)
+        count_decisions(self._metrics, tenant, stored)
+        retried = sum(1 for p in params if p["b_state"] == "queued")
+        self._metrics.campaign_recipients(tenant, "retried", retried)
+        self._metrics.campaign_recipients(tenant, "done", len(items) - retried)
+
+    def _settled(self, item: _Item, row: Any, now: int) -> dict[str, Any]:
+        unavailable = row.status == "failed" and row.reason == ReasonCode.PROVIDER_UNAVAILABLE
+        if unavailable and item.attempt < MAX_ATTEMPTS:
+            backoff = RETRY_BASE * (2 ** (item.attempt - 1))
+            return {"state": "queued", "due_us": now + int(backoff.total_seconds() * 1e6)}
+        return {
+            "state": "done",
+            "action": row.action,
+            "mode": row.mode,
+            "reason": row.reason,
+            "message_id": row.id,
+        }
+
+    def _decided_without_message(
+        self, conn: Connection, tenant: str, items: list[_Item], now: int
+    ) -> None:
+        """Recipients settled without a message (not sendable as stored): their
+        ``message.decided`` (no message_id) goes out like any other decision."""
+        items = [i for i in items if i.row.hashed_id is not None]
+        if self._outbox is None or not items:
+            return
+        refs = dict(
+            conn.execute(
+                select(subject_links.c.hashed_id, subject_links.c.subject_ref).where(
+                    subject_links.c.tenant_id == tenant,
+                    subject_links.c.hashed_id.in_([i.row.hashed_id for i in items]),
+                )
+            ).all()
+        )
+        events = [
+            outbox_events.message_decided(
+                message_id=None,
+                subject_ref=refs.get(i.row.hashed_id),
+                hashed_id=i.row.hashed_id,
+                consent_type=i.row.consent_type,
+                action="skipped",
+                mode=None,
+                reason=ReasonCode.AMBIGUOUS.value,
+                consent_seq=None,
+                campaign_id=i.row.campaign_id,
+            )
+            for i in items
+        ]
+        self._outbox.record(conn, tenant, events, now)
+
+    def _close_finished(self, campaign_ids: set[str]) -> None:
+        for campaign_id in campaign_ids:
+            with write_tx(self._engine) as conn:
+                open_ = conn.execute(
+                    select(func.count())
+                    .select_from(campaign_recipients)
+                    .where(
+                        campaign_recipients.c.campaign_id == campaign_id,
+                        campaign_recipients.c.state != "done",
+                    )
+                ).scalar_one()
+                if open_ == 0:
+                    conn.execute(
+                        update(campaigns)
+                        .where(campaigns.c.id == campaign_id)
+                        .values(status="done", updated_us=self._now_us())
+                    )
+
+
+_RECIPIENT = (
+    update(campaign_recipients)
+    .where(
+        campaign_recipients.c.campaign_id == bindparam("b_campaign"),
+        campaign_recipients.c.seq == bindparam("b_seq"),
+    )
+    .values(
+        state=bindparam("b_state"),
+        due_us=bindparam("b_due"),
+        action=bindparam("b_action"),
+        mode=bindparam("b_mode"),
+        reason=bindparam("b_reason"),
+        message_id=bindparam("b_message"),
+        sealed=bindparam("b_sealed"),
+        wrapped_key=bindparam("b_wrapped"),
+    )
+)
+
+
+def _recipient_params(row: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """One recipient's new state; the number is purged once it is done."""
+    done = values["state"] == "done"
+    return {
+        "b_campaign": row.campaign_id,
+        "b_seq": row.seq,
+        "b_state": values["state"],
+        "b_due": values.get("due_us", row.due_us),
+        "b_action": values.get("action"),
+        "b_mode": values.get("mode"),
+        "b_reason": values.get("reason"),
+        "b_message": values.get("message_id"),
+        "b_sealed": None if done else row.sealed,
+        "b_wrapped": None if done else row.wrapped_key,
+    }
+
+
+def _read(message: OutboundMessage, provider: Provider, result: Result) -> Any:
+    """A wire result as the provider reads it: a receipt, a ProviderError, or None (untried)."""
+    assert isinstance(provider, WireSender)
+    if not result.attempted:
+        return None
+    if result.status is None:
+        detail = f"{getattr(provider, 'name', 'provider')}: {result.error}"
+        return ProviderUnavailable(detail, maybe_sent=True)
+    try:
+        return provider.send_answer(message, result.status, result.body)
+    except ProviderError as exc:
+        return exc
+
+
+__all__ = ["MAX_ATTEMPTS", "RETRY_BASE", "Dispatcher", "seal_number", "unseal_number"]
