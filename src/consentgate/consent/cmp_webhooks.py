@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from consentgate.cmp import webhook
@@ -22,13 +22,20 @@ from consentgate.crypto.keystore import KeyStore
 from consentgate.domain.clock import Clock
 from consentgate.domain.timeutil import to_micros
 from consentgate.errors import InvalidInput, NotFound, Unauthenticated
-from consentgate.storage.engine import read_tx
-from consentgate.storage.tables import webhook_receipts
+from consentgate.storage import lean
+from consentgate.storage.engine import single_read
 from consentgate.tenants.service import TenantService
 
 # An adapter: (tenant, parsed JSON payload) → (events, is_batch). Raises InvalidInput or
 # pydantic.ValidationError on a payload it cannot map.
 Adapter = Callable[[str, Any], tuple[list[EventInput], bool]]
+
+_STORED = (
+    "SELECT status_code, response FROM webhook_receipts WHERE tenant_id = :t AND webhook_id = :w"
+)
+_REMEMBER = lean.insert_sql(
+    "webhook_receipts", ("tenant_id", "webhook_id", "status_code", "response", "received_us")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,16 +69,13 @@ class CmpWebhookService:
         return sorted(self._adapters)
 
     def _stored(self, tenant: str, webhook_id: str) -> WebhookOutcome | None:
-        with read_tx(self._engine) as conn:
-            row = conn.execute(
-                select(webhook_receipts.c.status_code, webhook_receipts.c.response).where(
-                    webhook_receipts.c.tenant_id == tenant,
-                    webhook_receipts.c.webhook_id == webhook_id,
-                )
-            ).one_or_none()
-        return (
-            None if row is None else WebhookOutcome(row.status_code, json.loads(row.response), True)
-        )
+        # Every delivery asks this first: a lean statement (consentgate.storage.lean).
+        with single_read(self._engine) as conn:
+            found = lean.rows(conn, _STORED, {"t": tenant, "w": webhook_id})
+        if not found:
+            return None
+        status, response = found[0]
+        return WebhookOutcome(int(status), json.loads(response), True)
 
     def handle(
         self, tenant: str, adapter: str, headers: Mapping[str, str], body: bytes
@@ -104,14 +108,16 @@ class CmpWebhookService:
         def remember(conn: Connection, results: list[IngestResult]) -> None:
             status = 201 if any(r.created for r in results) else 200
             response = {"events": [r.as_dict() for r in results]}
-            conn.execute(
-                insert(webhook_receipts).values(
-                    tenant_id=tenant,
-                    webhook_id=delivery.webhook_id,
-                    status_code=status,
-                    response=json.dumps(response),
-                    received_us=to_micros(self._clock.now()),
-                )
+            lean.run(
+                conn,
+                _REMEMBER,
+                {
+                    "tenant_id": tenant,
+                    "webhook_id": delivery.webhook_id,
+                    "status_code": status,
+                    "response": json.dumps(response),
+                    "received_us": to_micros(self._clock.now()),
+                },
             )
             outcome["result"] = WebhookOutcome(status, response, False)
 

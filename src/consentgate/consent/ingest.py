@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, text, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine
 
 from consentgate.consent.cmp_settings import ReceiptPolicy
 from consentgate.consent.subjects import HashedIdentifier, SubjectLinks, check_hashed_id
@@ -34,8 +33,8 @@ from consentgate.ledger.store import LedgerStore, NewLeaf, b64
 from consentgate.observability.metrics import Metrics
 from consentgate.outbox import events as outbox_events
 from consentgate.outbox.store import OutboxWriter
+from consentgate.storage import lean
 from consentgate.storage.engine import write_tx
-from consentgate.storage.tables import consent_state, ledger_entries
 from consentgate.tenants.service import TenantService
 
 
@@ -406,24 +405,18 @@ class IngestService:
         found: dict[str, dict[str, Any]] = {}
         unique = sorted(set(consent_ids))
         for start in range(0, len(unique), 500):
-            rows = conn.execute(
-                select(
-                    ledger_entries.c.consent_id,
-                    ledger_entries.c.event_id,
-                    ledger_entries.c.seq,
-                    ledger_entries.c.leaf_hash,
-                    ledger_entries.c.content_hash,
-                ).where(
-                    ledger_entries.c.tenant_id == tenant,
-                    ledger_entries.c.consent_id.in_(unique[start : start + 500]),
-                )
+            params: dict[str, Any] = {"t": tenant}
+            marks = lean.placeholders("c", unique[start : start + 500], params)
+            sql = (
+                "SELECT consent_id, event_id, seq, leaf_hash, content_hash "  # noqa: S608
+                f"FROM ledger_entries WHERE tenant_id = :t AND consent_id IN ({marks})"
             )
-            for r in rows:
-                found[r.consent_id] = {
-                    "event_id": r.event_id,
-                    "seq": int(r.seq),
-                    "leaf_hash": bytes(r.leaf_hash),
-                    "content_hash": bytes(r.content_hash),
+            for consent_id, event_id, seq, leaf_hash, content_hash in lean.rows(conn, sql, params):
+                found[consent_id] = {
+                    "event_id": event_id,
+                    "seq": int(seq),
+                    "leaf_hash": bytes(leaf_hash),
+                    "content_hash": bytes(content_hash),
                 }
         return found
 
@@ -437,20 +430,25 @@ class IngestService:
     ) -> tuple[list[tuple[str, str]], set[int]]:
         """Move the state view; return the keys whose state changed and the seqs of the
         events that became their key's state when applied (in ledger order)."""
-        pairs = sorted({(c.subject_ref, leaf.consent_type) for c, leaf in fresh})
+        pairs = {(c.subject_ref, leaf.consent_type) for c, leaf in fresh}
+        refs = sorted({ref for ref, _ in pairs})
         current: dict[tuple[str, str], StateEntry] = {}
-        for start in range(0, len(pairs), 400):
-            for r in conn.execute(
-                select(consent_state).where(
-                    consent_state.c.tenant_id == tenant,
-                    tuple_(consent_state.c.subject_ref, consent_state.c.consent_type).in_(
-                        pairs[start : start + 400]
-                    ),
-                )
+        for start in range(0, len(refs), 500):
+            # The subjects' rows (a subject has a handful of purposes), filtered here: one
+            # primary-key range per subject on both engines, and a plain IN list.
+            params: dict[str, Any] = {"t": tenant}
+            marks = lean.placeholders("r", refs[start : start + 500], params)
+            sql = (
+                "SELECT subject_ref, consent_type, status, effective_us, event_seq, "  # noqa: S608
+                f"consent_id FROM consent_state WHERE tenant_id = :t AND subject_ref IN ({marks})"
+            )
+            for ref, purpose, status, effective_us, event_seq, consent_id in lean.rows(
+                conn, sql, params
             ):
-                current[(r.subject_ref, r.consent_type)] = StateEntry(
-                    ConsentStatus(r.status), from_micros(r.effective_us), r.event_seq, r.consent_id
-                )
+                if (ref, purpose) in pairs:
+                    current[(ref, purpose)] = StateEntry(
+                        ConsentStatus(status), from_micros(effective_us), event_seq, consent_id
+                    )
         changed: dict[tuple[str, str], StateEntry] = {}
         applied: set[int] = set()
         for c, leaf in fresh:
@@ -521,23 +519,18 @@ def upsert_state(
                 "updated_us": now_us,
             }
         )
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(consent_state)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["tenant_id", "subject_ref", "consent_type"],
-        set_={
-            name: stmt.excluded[name]
-            for name in (
-                "status",
-                "effective_us",
-                "event_seq",
-                "consent_id",
-                "expires_us",
-                "updated_us",
-            )
-        },
-    )
-    conn.execute(stmt, rows)
+    lean.many(conn, _UPSERT_STATE, rows)
+
+
+# Same text on SQLite and PostgreSQL. A lean statement: built as an expression, it cost more
+# than the rest of a single-event commit (the ``excluded`` namespace alone is rebuilt per use).
+_STATE_KEY = ("tenant_id", "subject_ref", "consent_type")
+_STATE_VALUES = ("status", "effective_us", "event_seq", "consent_id", "expires_us", "updated_us")
+_UPSERT_STATE = (
+    lean.insert_sql("consent_state", _STATE_KEY + _STATE_VALUES)
+    + f" ON CONFLICT ({', '.join(_STATE_KEY)}) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _STATE_VALUES)
+)
 
 
 CONSENT_CHANNEL = "consentgate_consent"
@@ -552,13 +545,12 @@ def notify_changes(conn: Connection, tenant: str, keys: list[tuple[str, str]]) -
     size = 0
     for line in lines:
         if size + len(line) + 1 > 7000:
-            conn.execute(
-                text("SELECT pg_notify(:c, :p)"), {"c": CONSENT_CHANNEL, "p": "\n".join(chunk)}
-            )
+            lean.rows(conn, _NOTIFY, {"c": CONSENT_CHANNEL, "p": "\n".join(chunk)})
             chunk, size = [], 0
         chunk.append(line)
         size += len(line) + 1
     if chunk:
-        conn.execute(
-            text("SELECT pg_notify(:c, :p)"), {"c": CONSENT_CHANNEL, "p": "\n".join(chunk)}
-        )
+        lean.rows(conn, _NOTIFY, {"c": CONSENT_CHANNEL, "p": "\n".join(chunk)})
+
+
+_NOTIFY = "SELECT pg_notify(:c, :p)"

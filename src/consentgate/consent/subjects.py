@@ -13,14 +13,17 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection
 
 from consentgate.crypto.keystore import KeyStore
 from consentgate.domain.identity import Identifier
 from consentgate.errors import Conflict, InvalidInput, NotFound
-from consentgate.storage.tables import subject_links
+from consentgate.storage import lean
 
 _HASHED_ID = re.compile(r"^[0-9a-f]{64}$")
+_INSERT_LINK = lean.insert_sql(
+    "subject_links", ("tenant_id", "hashed_id", "salt_version", "subject_ref", "created_us")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +71,14 @@ class SubjectLinks:
         wanted = sorted(set(hashes))
         found: dict[str, str] = {}
         for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            for hashed_id, ref in conn.execute(
-                select(subject_links.c.hashed_id, subject_links.c.subject_ref).where(
-                    subject_links.c.tenant_id == tenant, subject_links.c.hashed_id.in_(chunk)
-                )
-            ):
+            # A lean statement (consentgate.storage.lean): every ingest commit runs it.
+            params: dict[str, object] = {"t": tenant}
+            marks = lean.placeholders("h", wanted[start : start + 500], params)
+            sql = (
+                "SELECT hashed_id, subject_ref FROM subject_links "  # noqa: S608
+                f"WHERE tenant_id = :t AND hashed_id IN ({marks})"
+            )
+            for hashed_id, ref in lean.rows(conn, sql, params):
                 found[hashed_id] = ref
         return found
 
@@ -105,8 +110,7 @@ class SubjectLinks:
                     "created_us": now_us,
                 }
             refs.append(ref)
-        if new_rows:
-            conn.execute(insert(subject_links), list(new_rows.values()))
+        lean.many(conn, _INSERT_LINK, list(new_rows.values()))
         return refs
 
     def known_hashed(self, conn: Connection, tenant: str, hashed_ids: list[str]) -> dict[str, str]:

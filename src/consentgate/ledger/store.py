@@ -14,13 +14,41 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, text, update
+from sqlalchemy import Connection, insert, select, text
 
 from consentgate.crypto.keystore import KeyStore
 from consentgate.errors import InvalidInput, NotFound
 from consentgate.ledger import merkle
 from consentgate.ledger.checkpoint import Checkpoint, signature_line, verifier_key
-from consentgate.storage.tables import checkpoints, ledger_entries, ledger_heads, ledger_nodes
+from consentgate.storage import lean
+from consentgate.storage.tables import checkpoints, ledger_entries, ledger_heads
+
+_LOCK_HEAD = "SELECT tree_size, frontier FROM ledger_heads WHERE tenant_id = :t"
+_LOCK_HEAD_PG = _LOCK_HEAD + " FOR UPDATE"
+_MOVE_HEAD = (
+    "UPDATE ledger_heads SET tree_size = :s, root_hash = :r, frontier = :f WHERE tenant_id = :t"
+)
+_INSERT_ENTRY = lean.insert_sql(
+    "ledger_entries",
+    (
+        "tenant_id",
+        "seq",
+        "event_id",
+        "subject_ref",
+        "consent_type",
+        "status",
+        "ts_us",
+        "received_us",
+        "consent_id",
+        "content_hash",
+        "leaf",
+        "leaf_hash",
+    ),
+)
+_INSERT_NODE = lean.insert_sql("ledger_nodes", ("tenant_id", "level", "idx", "hash"))
+_INSERT_CHECKPOINT = lean.insert_sql(
+    "checkpoints", ("tenant_id", "tree_size", "root_hash", "note", "kid", "created_us")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,17 +104,16 @@ class LedgerStore:
     def lock_head(self, conn: Connection, tenant: str) -> Head:
         """Read the head for appending; on PostgreSQL the row lock serialises this tenant's
         appends until commit (SQLite writers are already serialised by BEGIN IMMEDIATE)."""
-        query = select(ledger_heads.c.tree_size, ledger_heads.c.frontier).where(
-            ledger_heads.c.tenant_id == tenant
+        found = lean.rows(
+            conn,
+            _LOCK_HEAD_PG if conn.dialect.name == "postgresql" else _LOCK_HEAD,
+            {"t": tenant},
         )
-        if conn.dialect.name == "postgresql":
-            query = query.with_for_update()
-        row = conn.execute(query).one_or_none()
-        if row is None:
+        if not found:
             raise NotFound(f"tenant {tenant!r} has no ledger")
-        raw = bytes(row.frontier)
+        size, raw = int(found[0][0]), bytes(found[0][1])
         hashes = [raw[i : i + 32] for i in range(0, len(raw), 32)]
-        return Head(int(row.tree_size), merkle.CompactRange(int(row.tree_size), hashes))
+        return Head(size, merkle.CompactRange(size, hashes))
 
     def tree_size(self, conn: Connection, tenant: str) -> int:
         size = conn.execute(
@@ -129,15 +156,14 @@ class LedgerStore:
             )
             for (level, idx), value in frontier.append(digest):
                 node_rows.append({"tenant_id": tenant, "level": level, "idx": idx, "hash": value})
-        if leaf_rows:
-            conn.execute(insert(ledger_entries), leaf_rows)
-        if node_rows:
-            conn.execute(insert(ledger_nodes), node_rows)
+        # Lean statements (consentgate.storage.lean): this runs in every ingest commit.
+        lean.many(conn, _INSERT_ENTRY, leaf_rows)
+        lean.many(conn, _INSERT_NODE, node_rows)
         root = frontier.root()
-        conn.execute(
-            update(ledger_heads)
-            .where(ledger_heads.c.tenant_id == tenant)
-            .values(tree_size=frontier.size, root_hash=root, frontier=b"".join(frontier.hashes))
+        lean.run(
+            conn,
+            _MOVE_HEAD,
+            {"t": tenant, "s": frontier.size, "r": root, "f": b"".join(frontier.hashes)},
         )
         return hashes, self._checkpoint(conn, tenant, frontier.size, root, now_us)
 
@@ -148,15 +174,17 @@ class LedgerStore:
         body = Checkpoint(origin, size, root).body()
         sig = self._keys.sign(tenant, body)
         note = body.decode() + "\n" + signature_line(origin, sig.public_key, sig.signature)
-        conn.execute(
-            insert(checkpoints).values(
-                tenant_id=tenant,
-                tree_size=size,
-                root_hash=root,
-                note=note,
-                kid=sig.kid,
-                created_us=now_us,
-            )
+        lean.run(
+            conn,
+            _INSERT_CHECKPOINT,
+            {
+                "tenant_id": tenant,
+                "tree_size": size,
+                "root_hash": root,
+                "note": note,
+                "kid": sig.kid,
+                "created_us": now_us,
+            },
         )
         return SignedCheckpoint(size, root, note, sig.kid)
 

@@ -24,16 +24,24 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
-    true,
 )
 
 from consentgate.domain.timeutil import format_rfc3339, from_micros
 from consentgate.outbox import rules
 from consentgate.outbox.events import OutboxEvent, render
-from consentgate.storage.tables import crm_endpoints, outbox_deliveries, outbox_events
+from consentgate.storage import lean
+from consentgate.storage.tables import outbox_deliveries, outbox_events
 
 # A literal, not a bound parameter: SQLite uses a partial index only for a literal match.
 PENDING: ColumnElement[str] = literal_column("'pending'")
+
+_ACTIVE_ENDPOINTS = (
+    "SELECT id, kind, event_types FROM crm_endpoints WHERE tenant_id = :t AND active = TRUE"
+)
+_INSERT_EVENT = lean.insert_sql(
+    "outbox_events",
+    ("tenant_id", "event_id", "event_type", "order_key", "to_cmp", "body", "created_us"),
+)
 
 
 class OutboxWriter:
@@ -60,16 +68,13 @@ class OutboxWriter:
             }
             for i, e in enumerate(events)
         ]
+        # Lean statements (consentgate.storage.lean) for what every ingest commit runs.
         endpoints = [
-            (r.id, r.kind, frozenset(r.event_types.split(",")))
-            for r in conn.execute(
-                select(crm_endpoints.c.id, crm_endpoints.c.kind, crm_endpoints.c.event_types).where(
-                    crm_endpoints.c.tenant_id == tenant, crm_endpoints.c.active == true()
-                )
-            )
+            (endpoint_id, kind, frozenset(types.split(",")))
+            for endpoint_id, kind, types in lean.rows(conn, _ACTIVE_ENDPOINTS, {"t": tenant})
         ]
         if not endpoints:
-            conn.execute(insert(outbox_events), rows)
+            lean.many(conn, _INSERT_EVENT, rows)
             return 0
         seqs = (
             conn.execute(
