@@ -150,6 +150,11 @@ def captured() -> Iterator[io.StringIO]:
     stream = io.StringIO()
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
+    # Earlier tests in the same process (an in-process uvicorn, dictConfig) may have left
+    # uvicorn's logger disabled or levelled: start from a clean one and restore it after.
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    saved_uvicorn = (uvicorn_error.disabled, uvicorn_error.level)
+    uvicorn_error.disabled, uvicorn_error.level = False, logging.NOTSET
     handler = configure_logging("json", "DEBUG")
     assert isinstance(handler, logging.StreamHandler)
     handler.setStream(stream)
@@ -158,6 +163,7 @@ def captured() -> Iterator[io.StringIO]:
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+        uvicorn_error.disabled, uvicorn_error.level = saved_uvicorn
         logging.captureWarnings(False)
 
 
