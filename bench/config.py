@@ -58,6 +58,12 @@ class Sizes:
     campaign_warmup: int = 100  # recipients of an untimed warm-up campaign
     campaign_workers: int = 4  # client processes of the direct POST /v1/messages baseline
     campaign_timeout_seconds: float = 300.0  # wait for "done" at most this long
+    audit_events: int = 1_000_000  # ledger events the point-in-time audit recomputes
+    audit_subjects: int = 250_000  # subjects they belong to
+    audit_runs: int = 3  # timed runs of the as_of answer (median), after a warm-up
+    export_events: int = 1_000  # events of the exported subject
+    export_sends: int = 200  # its sends (each with 2 delivery events)
+    export_runs: int = 5  # timed exports (median), after a warm-up
     outbox_deliveries: int = 20_000  # deliveries relayed in the timed run (and bare POSTs)
     outbox_warmup: int = 1_000  # relayed (and posted bare) before timing, excluded
     outbox_events_per_subject: int = 2  # consecutive events share a subject (order applies)
@@ -106,4 +112,6 @@ class Sizes:
             prefilter_normalise=n(base.prefilter_normalise, 1_000),
             campaign_recipients=n(base.campaign_recipients, 100),
             campaign_warmup=n(base.campaign_warmup, 20),
+            audit_events=n(base.audit_events, 20_000),
+            audit_subjects=n(base.audit_subjects, 5_000),
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -31,30 +32,40 @@ from consentgate.bootstrap import App
 from consentgate.domain.timeutil import to_micros
 from consentgate.ledger import merkle
 from consentgate.ledger.checkpoint import verify_note
+from consentgate.ledger.store import NewLeaf
 from consentgate.storage.engine import read_tx, write_tx
 
 TENANT = "tree"
 FLOOR_MS = 5.0
 
 
-def _append(core: App, start: int, count: int, now_us: int) -> None:
-    chunk = list(data.synthetic_leaves(start, count, now_us))
+# Makes the leaves [start, start + count) of a tree, given the receive time.
+LeafMaker = Callable[[int, int, int], Iterable[NewLeaf]]
+
+
+def _append(core: App, start: int, count: int, now_us: int, tenant: str, make: LeafMaker) -> None:
+    chunk = list(make(start, count, now_us))
     with write_tx(core.engine) as conn:
-        head = core.ledger.lock_head(conn, TENANT)
-        core.ledger.append(conn, TENANT, head, chunk, now_us)
+        head = core.ledger.lock_head(conn, tenant)
+        core.ledger.append(conn, tenant, head, chunk, now_us)
 
 
 def _rows(
-    frontier: merkle.CompactRange, start: int, count: int, now_us: int
+    frontier: merkle.CompactRange,
+    start: int,
+    count: int,
+    now_us: int,
+    tenant: str,
+    make: LeafMaker,
 ) -> tuple[list[Row], list[Row]]:
     """Leaf and node rows exactly as LedgerStore.append makes them (advances ``frontier``)."""
     entries: list[Row] = []
     nodes: list[Row] = []
-    for leaf in data.synthetic_leaves(start, count, now_us):
+    for leaf in make(start, count, now_us):
         digest = merkle.leaf_hash(leaf.leaf)
         entries.append(
             (
-                TENANT,
+                tenant,
                 leaf.seq,
                 leaf.event_id,
                 leaf.subject_ref,
@@ -69,12 +80,21 @@ def _rows(
             )
         )
         for (level, idx), value in frontier.append(digest):
-            nodes.append((TENANT, level, idx, value))
+            nodes.append((tenant, level, idx, value))
     return entries, nodes
 
 
-def build_tree(backend: Backend, core: App, leaves: int, sizes: Sizes) -> dict[str, Any]:
-    core.tenants.create(TENANT, None)
+def build_tree(
+    backend: Backend,
+    core: App,
+    leaves: int,
+    sizes: Sizes,
+    *,
+    tenant: str = TENANT,
+    make: LeafMaker = data.synthetic_leaves,
+) -> dict[str, Any]:
+    """A tenant whose ledger holds ``leaves`` leaves made by ``make`` (see the module doc)."""
+    core.tenants.create(tenant, None)
     now_us = to_micros(core.clock.now())
     batch = sizes.tree_batch
     last = max(0, leaves - batch) if sizes.tree_build == "bulk" else 0
@@ -86,12 +106,14 @@ def build_tree(backend: Backend, core: App, leaves: int, sizes: Sizes) -> dict[s
         # One thread makes batch k+1's rows while the database takes batch k.
         with ThreadPoolExecutor(max_workers=1) as pool:
             try:
-                pending = pool.submit(_rows, frontier, 0, min(batch, last), now_us)
+                pending = pool.submit(_rows, frontier, 0, min(batch, last), now_us, tenant, make)
                 for k in range(len(starts)):
                     entries, nodes = pending.result()
                     if k + 1 < len(starts):
                         nxt = starts[k + 1]
-                        pending = pool.submit(_rows, frontier, nxt, min(batch, last - nxt), now_us)
+                        pending = pool.submit(
+                            _rows, frontier, nxt, min(batch, last - nxt), now_us, tenant, make
+                        )
                     backend.begin(conn)
                     backend.bulk_insert(conn, "ledger_entries", ENTRY_COLUMNS, entries)
                     backend.bulk_insert(conn, "ledger_nodes", NODE_COLUMNS, nodes)
@@ -101,13 +123,13 @@ def build_tree(backend: Backend, core: App, leaves: int, sizes: Sizes) -> dict[s
                 conn.execute(
                     f"UPDATE ledger_heads SET tree_size = {p}, root_hash = {p}, frontier = {p} "
                     f"WHERE tenant_id = {p}",
-                    (frontier.size, frontier.root(), b"".join(frontier.hashes), TENANT),
+                    (frontier.size, frontier.root(), b"".join(frontier.hashes), tenant),
                 )
                 backend.commit(conn)
             finally:
                 conn.close()
     for start in range(last, leaves, batch):
-        _append(core, start, min(batch, leaves - start), now_us)
+        _append(core, start, min(batch, leaves - start), now_us, tenant, make)
     elapsed = time.perf_counter() - t_start
     return {
         "method": "bulk loader + final batch via LedgerStore.append"

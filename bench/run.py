@@ -25,7 +25,11 @@ Figures (each beside a baseline measured in the same run on the same rows, warm-
 11. end-to-end campaign msgs/s through the server and the sandbox carrier over HTTP vs
     direct POST /v1/messages from 4 client processes; floor ≥ 1,000 msgs/s;
 12. outbox relay deliveries/s (claim, sign, POST, record) to a receiver in its own process
-    vs bare signed POSTs of the same bodies from the same client; floor ≥ 1,000/s.
+    vs bare signed POSTs of the same bodies from the same client; floor ≥ 1,000/s;
+13. point-in-time audit: one purpose's whole ``as_of`` answer over a 1,000,000-event ledger
+    (``AuditService.consents_stream``) vs the same answer as one bare window query; floor
+    ≤ 10 s; and the export bundle of a subject with 1,000 events (``core.exports.export``,
+    each bundle verified offline) vs reading its leaves and proof nodes on the bare driver.
 
 ``--only PHASES`` merges into an existing results file: figures of phases (and backends)
 that were not run are kept as they were, each still naming the run that produced it
@@ -54,6 +58,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import (
+    audit,
     campaign,
     envelope,
     gate,
@@ -87,6 +92,7 @@ PHASES = (
     "prefilter",
     "campaign",
     "outbox",
+    "audit",
 )
 BACKEND_FREE = ("tcf", "envelope")  # phases that touch no database: run once, not per backend
 BACKEND_ORDER = ("in-process", "sqlite", "postgresql")
@@ -126,6 +132,10 @@ FIGURE_KEYS = {
     ],
     "campaign": [("campaign", "campaign msgs/s end to end")],
     "outbox": [("outbox_relay", "outbox relay deliveries/s to a local receiver")],
+    "audit": [
+        ("audit_as_of", "as_of audit over 1M ledger events, s"),
+        ("audit_export", "export of a subject with 1,000 events, s"),
+    ],
 }
 KEY_ORDER = {key: i for i, key in enumerate(k for keys in FIGURE_KEYS.values() for k, _ in keys)}
 
@@ -294,6 +304,8 @@ class Runner:
                 )
             if "outbox" in self.phases:
                 self._phase(backend, "outbox", lambda: outbox.run(backend, core, self.sizes))
+            if "audit" in self.phases:
+                self._phase(backend, "audit", lambda: audit.run(backend, core, self.sizes))
         finally:
             core.close()
 
@@ -467,6 +479,19 @@ def _notes(fig: Figure) -> str:
             f"{', '.join(f'{k} {v:.2f}' for k, v in t['cpu_cores_busy'].items())}; "
             f"baseline p50 {b['latency']['p50_ms']:.0f} ms, server CPU "
             f"{b['server_cpu_cores_busy']:.2f} cores"
+        )
+    if fig.key == "audit_as_of":
+        return (
+            f"{d['events']:,} events, {sum(d['answer'].values()):,} subjects {d['answer']}; "
+            f"granted only {d['status_granted_s']:.2f} s, known_at "
+            f"{d['known_at_equal_as_of_s']:.2f} s, JSON pages of 10,000 "
+            f"{d['json_pages_of_10000_s']:.2f} s; ledger built in "
+            f"{d['ledger']['seconds']:.0f} s"
+        )
+    if fig.key == "audit_export":
+        return (
+            f"{d['events']:,} leaves, {d['sends']} sends, {d['bundle_bytes'] / 1e6:.1f} MB; "
+            f"verify offline {min(d['verify_bundle_offline_s']):.2f} s; tree {d['tree_size']:,}"
         )
     if fig.key == "outbox_relay":
         return (

@@ -12,14 +12,16 @@ it, the subject is listed with ``hashed_id`` None, its links being gone.
 
 The winner is chosen in SQL, set-based, with ``ROW_NUMBER() OVER (PARTITION BY subject_ref
 ORDER BY ...) = 1`` (the same text on SQLite and PostgreSQL). Neither engine can stop a window
-query early, so it runs over consecutive ``subject_ref`` ranges, each bounded by a count of
-ledger rows found with an index-only scan of ``ix_ledger_subject``: a page costs the same
-wherever it starts, a full pass reads every event once, and memory holds one range.
+query early, so a page runs it over consecutive ``subject_ref`` ranges, each bounded by a
+count of ledger rows found with an index-only scan of ``ix_ledger_subject``: a page costs the
+same wherever it starts. A whole answer (CSV) is one statement read from a server-side
+cursor: one sequential pass, constant memory in Python.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -82,27 +84,48 @@ _BOUND = text(
 )
 
 
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+
+
+def _ledger_order(conn: Connection) -> str:
+    """How a whole answer reads the tenant's rows. SQLite would walk ``ix_ledger_subject``
+    for the partition order and fetch every row out of order; reading them in ledger order
+    through the primary key (an index SQLite names itself) and sorting is about twice as
+    fast (seen in the bench: 0.75 s against 0.44 s for 200,000 events). PostgreSQL plans it
+    well by itself."""
+    if conn.dialect.name != "sqlite":
+        return ""
+    for row in conn.exec_driver_sql("PRAGMA index_list(ledger_entries)"):
+        if row[3] == "pk" and _SAFE_NAME.match(str(row[1])):
+            return f' INDEXED BY "{row[1]}"'
+    return ""
+
+
 @lru_cache(maxsize=64)
-def _winners_sql(dialect: str, known_at: bool, bounded: bool, status: str | None) -> TextClause:
-    """The per-subject winner in one range. ``consent_id`` is compared by code point, as
-    Python compares it in the live rule: SQLite's default BINARY collation of UTF-8 does
-    that; PostgreSQL is told to (``COLLATE "C"``) whatever the database's collation."""
+def _winners_sql(
+    dialect: str, known_at: bool, bounded: bool, status: str | None, source: str = ""
+) -> TextClause:
+    """The per-subject winner. ``consent_id`` is compared by code point, as Python compares
+    it in the live rule: SQLite's default BINARY collation of UTF-8 does that; PostgreSQL is
+    told to (``COLLATE "C"``) whatever the database's collation.
+
+    An erasure ends the subject: the subject's erasure leaf (once it happened and was known)
+    rides in the same scan, sorts after every decision, and a window flag (``gone``) drops
+    the whole partition — one sort, where a NOT EXISTS probe per subject cost twice the
+    query on PostgreSQL."""
     collate = ' COLLATE "C"' if dialect == "postgresql" else ""
-    filters = ["e.tenant_id = :t", "e.consent_type = :ct", "e.status IN (:g, :w)"]
-    filters += ["e.ts_us <= :as_of", "e.subject_ref > :after"]
+    filters = ["e.tenant_id = :t", "e.ts_us <= :as_of", "e.subject_ref > :after"]
+    filters.append(
+        "((e.consent_type = :ct AND e.status IN (:g, :w)) "
+        "OR (e.consent_type = :every AND e.status = :erased))"
+    )
     if known_at:
         filters.append("e.received_us <= :known_at")
     if bounded:
         filters.append("e.subject_ref <= :upto")
-    erased = ["x.tenant_id = :t", "x.subject_ref = w.subject_ref", "x.status = :erased"]
-    erased += ["x.consent_type = :every", "x.ts_us <= :as_of"]
-    if known_at:
-        erased.append("x.received_us <= :known_at")
-    outer = ["w.rn = 1"]
+    outer = ["w.rn = 1", "w.gone = 0"]
     if status:
         outer.append("w.status = :status")
-    # An erasure ends the subject: once it happened (and was known), it has no state.
-    outer.append(f"NOT EXISTS (SELECT 1 FROM ledger_entries x WHERE {' AND '.join(erased)})")  # noqa: S608
     # Only fixed fragments are interpolated; every value is bound.
     return text(
         "SELECT w.subject_ref, w.status, w.ts_us, w.seq, w.consent_id, "  # noqa: S608
@@ -110,19 +133,24 @@ def _winners_sql(dialect: str, known_at: bool, bounded: bool, status: str | None
         "AND l.subject_ref = w.subject_ref ORDER BY l.salt_version DESC, l.hashed_id "
         "LIMIT 1) AS hashed_id "
         "FROM (SELECT e.subject_ref, e.status, e.ts_us, e.seq, e.consent_id, "
-        "ROW_NUMBER() OVER (PARTITION BY e.subject_ref ORDER BY e.ts_us DESC, "
+        "ROW_NUMBER() OVER (PARTITION BY e.subject_ref ORDER BY "
+        "CASE WHEN e.status = :erased THEN 1 ELSE 0 END, e.ts_us DESC, "
         "CASE WHEN e.status = :w THEN 0 ELSE 1 END, "
-        f"e.consent_id{collate} DESC) AS rn "
-        f"FROM ledger_entries e WHERE {' AND '.join(filters)}) w "
+        f"e.consent_id{collate} DESC) AS rn, "
+        "MAX(CASE WHEN e.status = :erased THEN 1 ELSE 0 END) "
+        "OVER (PARTITION BY e.subject_ref) AS gone "
+        f"FROM ledger_entries e{source} WHERE {' AND '.join(filters)}) w "
         f"WHERE {' AND '.join(outer)} ORDER BY w.subject_ref"
     )
 
 
 def states(
-    conn: Connection, tenant: str, query: AsOfQuery, after: str = ""
+    conn: Connection, tenant: str, query: AsOfQuery, after: str = "", *, whole: bool = False
 ) -> Iterator[SubjectState]:
     """Every subject's state for ``query`` in ``subject_ref`` order, starting after
-    ``after`` (a cursor; ``""`` is before every subject)."""
+    ``after`` (a cursor; ``""`` is before every subject). ``whole``: the caller reads to the
+    end (a CSV download), so one statement, streamed from a server-side cursor, beats
+    bounded ranges (one sequential pass instead of index-ordered row fetches)."""
     as_of = from_micros(query.as_of_us)
     # SQL can drop rows whose winner cannot pass the filter; expiry is decided below.
     sql_status = {
@@ -141,20 +169,33 @@ def states(
         "erased": ERASED,
         "every": ALL_PURPOSES,
     }
-    dialect = conn.dialect.name
+    dialect, known = conn.dialect.name, query.known_at_us is not None
+    if whole:
+        rows = conn.execute(
+            _winners_sql(dialect, known, False, sql_status, _ledger_order(conn)),
+            {**params, "after": after},
+            execution_options={"stream_results": True, "yield_per": RANGE_ROWS},
+        )
+        yield from _views(rows, query, as_of)
+        return
     while True:
         upto = conn.execute(_BOUND, {"t": tenant, "after": after, "span": RANGE_ROWS}).scalar()
-        sql = _winners_sql(dialect, query.known_at_us is not None, upto is not None, sql_status)
-        rows = conn.execute(sql, {**params, "after": after, "upto": upto}).all()
-        for row in rows:
-            entry = StateEntry(
-                ConsentStatus(row.status), from_micros(row.ts_us), int(row.seq), row.consent_id
-            )
-            seen = rules.view(entry, query.max_age, as_of)
-            if query.status.admits(seen.status):
-                yield SubjectState(
-                    row.subject_ref, row.hashed_id, seen.status, seen.effective_at, seen.event_seq
-                )
+        sql = _winners_sql(dialect, known, upto is not None, sql_status)
+        yield from _views(
+            conn.execute(sql, {**params, "after": after, "upto": upto}).all(), query, as_of
+        )
         if upto is None:
             return
         after = str(upto)
+
+
+def _views(rows: Iterable[Any], query: AsOfQuery, as_of: datetime) -> Iterator[SubjectState]:
+    """The winners as readers see them at ``as_of`` (expiry applied), filtered."""
+    statuses = {s.value: s for s in ConsentStatus}
+    view, admits, max_age = rules.view, query.status.admits, query.max_age
+    for ref, status, ts_us, seq, consent_id, hashed_id in rows:
+        seen = view(
+            StateEntry(statuses[status], from_micros(ts_us), seq, consent_id), max_age, as_of
+        )
+        if admits(seen.status):
+            yield SubjectState(ref, hashed_id, seen.status, seen.effective_at, seen.event_seq)

@@ -92,7 +92,8 @@ class AuditService:
 
         def stream() -> Iterator[SubjectState]:
             with read_tx(self._engine) as conn:
-                yield from islice(pointintime.states(conn, tenant, query, start), limit)
+                states = pointintime.states(conn, tenant, query, start, whole=limit is None)
+                yield from islice(states, limit)
 
         return stream()
 
