@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -90,6 +91,14 @@ def serve(
     ] = False,
     demo: Annotated[bool, typer.Option(help="Create a demo tenant on first start")] = False,
     log_level: Annotated[str, typer.Option(help="Log level (debug, info, warning, ...)")] = "info",
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="HTTP worker processes sharing the port (one per core); background workers "
+            "still run once, in the parent process",
+        ),
+    ] = 1,
 ) -> None:
     """Run the HTTP API (uvicorn). Migrations are applied at start-up. Logs go to stderr, one
     JSON object per line (CONSENTGATE_LOG_FORMAT=text for plain lines), scrubbed of anything
@@ -97,6 +106,7 @@ def serve(
     import uvicorn
 
     from consentgate.api.app import create_app
+    from consentgate.api.server import LOG_LEVEL_ENV
     from consentgate.observability.logs import configure_logging
 
     try:
@@ -105,23 +115,37 @@ def serve(
         typer.echo(f"error: {exc.detail}", err=True)
         raise typer.Exit(2) from None
     configure_logging("text" if log_format == "text" else "json", log_level)
+    if workers > 1:
+        # Worker processes start from the environment: give them the log level and the
+        # sandbox carrier's credentials this process uses (random per process otherwise).
+        os.environ[LOG_LEVEL_ENV] = log_level
+        for name in (
+            "CONSENTGATE_SANDBOX_RBM_TOKEN",
+            "CONSENTGATE_SANDBOX_TWILIO_TOKEN",
+            "CONSENTGATE_RBM_ACCESS_TOKEN",
+        ):
+            os.environ.setdefault(name, secrets.token_urlsafe(24))
     with _app() as app:
         if demo:
             _demo_tenant(app)
         app.start_background(workers=not no_workers)
         store = app.settings.storage.database_url.split("://", 1)[0]
         logging.getLogger("consentgate.serve").info(
-            "consentgate listening on http://%s:%d (store: %s)",
+            "consentgate listening on http://%s:%d (store: %s, %d HTTP process%s)",
             host,
             port,
             store,
-            extra={"host": host, "port": port, "store": store},
+            workers,
+            "" if workers == 1 else "es",
+            extra={"host": host, "port": port, "store": store, "workers": workers},
         )
         # uvicorn's own access log would print concrete paths (ids, sandbox phone numbers):
         # the AccessLog middleware logs route templates instead. log_config=None keeps the
         # handlers configured above.
         uvicorn.run(
-            create_app(app),
+            create_app(app) if workers == 1 else "consentgate.api.server:worker_app",
+            factory=workers > 1,
+            workers=workers,
             host=host,
             port=port,
             log_level=log_level,

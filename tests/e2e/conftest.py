@@ -45,13 +45,13 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=10)
 
 
-def _start(env: dict[str, str], log: Path) -> Server:
+def _start(env: dict[str, str], log: Path, *args: str) -> Server:
     port = pg.free_port()
     # The sandbox carrier is served by the same process and called back over HTTP.
     env = {**env, "CONSENTGATE_PUBLIC_URL": f"http://127.0.0.1:{port}"}
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [str(BIN), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [str(BIN), "serve", "--host", "127.0.0.1", "--port", str(port), *args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

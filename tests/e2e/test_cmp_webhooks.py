@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 from standardwebhooks import Webhook
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, _start
 
 
 def _deliver(
@@ -113,3 +116,31 @@ def test_generic_payload_errors_record_nothing(server: Server) -> None:
     payload = {k: v for k, v in _event("g-4").items() if k != "phone"}
     by_hash = _deliver(server, "acme", secret, {**payload, "hashed_phone": hashed}, "m6")
     assert by_hash.status_code == 201 and by_hash.json()["events"][0]["hashed_id"] == hashed
+
+
+def test_two_worker_processes_share_the_port_and_the_ledger(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """``serve --workers 2``: deliveries on separate connections land in either process;
+    each is recorded once, a replay answered by either process gets the original answer."""
+    log = tmp_path / "server.log"
+    server = _start({**os.environ, **env}, log, "--workers", "2")
+    try:
+        acme = server.create_tenant("acme")
+        secret = acme["webhook_secret"]
+        first = {}
+        for i in range(16):  # a new connection each: the kernel hands them to either worker
+            r = _deliver(server, "acme", secret, _event(f"wk-{i}"), f"msg_wk_{i}")
+            assert r.status_code == 201, r.text
+            first[i] = r.json()
+        for i in range(0, 16, 3):
+            again = _deliver(server, "acme", secret, _event(f"wk-{i}"), f"msg_wk_{i}")
+            assert again.status_code == 201 and again.json() == first[i]
+            assert again.headers["webhook-replayed"] == "true"
+        assert sorted(a["events"][0]["seq"] for a in first.values()) == list(range(16))
+        assert _size(server, acme["api_key"]) == 16
+        started = set(re.findall(r"Started server process \[(\d+)\]", log.read_text()))
+        assert len(started) == 2
+    finally:
+        server.process.terminate()
+        server.process.wait(timeout=30)
