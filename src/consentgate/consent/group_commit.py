@@ -52,6 +52,25 @@ class GroupCommitter:
         assert slot.result is not None
         return slot.result
 
+    def commit_now(
+        self, tenant: str, requests: list[Prepared]
+    ) -> list[list[IngestResult] | BaseException]:
+        """Commit ``requests`` in this thread, already grouped by the caller (e.g. webhook
+        deliveries that arrived together): one transaction per ``max_events``, each request
+        alone if its group fails. Each request's results, or its error."""
+        slots = [_Slot(r) for r in requests]
+        group: list[_Slot] = []
+        taken = 0
+        for slot in slots:
+            if group and taken + len(slot.request.checked) > self._max_events:
+                self._run(tenant, group)
+                group, taken = [], 0
+            group.append(slot)
+            taken += len(slot.request.checked)
+        if group:
+            self._run(tenant, group)
+        return [s.error if s.error is not None else (s.result or []) for s in slots]
+
     def _lead(self, tenant: str) -> None:
         with self._lock:
             queue = self._queues.get(tenant, [])

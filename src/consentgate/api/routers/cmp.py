@@ -4,9 +4,10 @@ The webhook route is the service's hottest: a CMP may post one event per request
 a second. It is declared like any route (path, responses, OpenAPI) but served by
 :class:`LeanRoute`, FastAPI's documented hook for a custom request handler: the handler
 reads the path parameters and the raw body itself, skipping dependency solving and response
-validation (~120 µs of CPU per request measured, more than the signature check and the
-ingest's own Python together). Errors still leave as RFC 9457 problems: they are raised to
-the handlers of :mod:`consentgate.api.problems` like any route's.
+validation (~120 µs of CPU per request measured), and hands the delivery to the service's
+batcher instead of a thread pool (no thread hop per request). Errors still leave as RFC 9457
+problems: they are raised to the handlers of :mod:`consentgate.api.problems` like any
+route's.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.responses import Response
 from consentgate.api.deps import get_app, json_body, parse
 from consentgate.api.models import CmpKeysIn
 from consentgate.api.routers.consent import Admin
+from consentgate.consent.cmp_webhooks import Delivery
 
 router = APIRouter(tags=["cmp"])
 _REPLAYED = {"Webhook-Replayed": "true"}
@@ -30,14 +32,8 @@ _REPLAYED = {"Webhook-Replayed": "true"}
 
 async def _serve_webhook(request: Request) -> Response:
     params = request.path_params
-    body = await request.body()
-    outcome = await run_in_threadpool(
-        get_app(request).cmp_webhooks.handle,
-        params["tenant"],
-        params["adapter"],
-        request.headers,
-        body,
-    )
+    delivery = Delivery(params["tenant"], params["adapter"], request.headers, await request.body())
+    outcome = await get_app(request).cmp_webhooks.deliver(delivery)
     return Response(
         json.dumps(outcome.body, ensure_ascii=False, separators=(",", ":")).encode(),
         status_code=outcome.status,
