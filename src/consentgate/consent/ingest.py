@@ -25,7 +25,7 @@ from consentgate.crypto.jws import JwsError, verify_with_jwks
 from consentgate.domain import consent as rules
 from consentgate.domain.clock import Clock
 from consentgate.domain.consent import ConsentStatus, Purpose, Source, StateEntry
-from consentgate.domain.identity import Identifier, normalise_email, normalise_phone
+from consentgate.domain.identity import Identifier, normalise_email, normalise_phone_bulk
 from consentgate.domain.timeutil import format_rfc3339, from_micros, parse_rfc3339, to_micros
 from consentgate.errors import Conflict, InvalidInput
 from consentgate.ledger.leaf import LeafEvent, content_fingerprint
@@ -155,7 +155,8 @@ class IngestService:
             )
         identity: Identifier | None = None
         if ev.phone is not None:
-            identity = normalise_phone(ev.phone, region, field=f("phone"))
+            # The compiled fast path (same answers as the full parse, ~8 µs instead of ~100).
+            identity = normalise_phone_bulk(ev.phone, region, field=f("phone"))
         elif ev.email is not None:
             identity = normalise_email(ev.email, field=f("email"))
         else:
