@@ -33,11 +33,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, delete, func, select, update
 
 from consentgate.crypto.keystore import KeyStore
 from consentgate.delivery.planner import (
@@ -79,6 +78,7 @@ from consentgate.observability.metrics import Metrics
 from consentgate.outbox import events as outbox_events
 from consentgate.outbox.sender import Request, Result, Sender
 from consentgate.outbox.store import OutboxWriter
+from consentgate.storage import lean
 from consentgate.storage.engine import read_tx, write_tx
 from consentgate.storage.tables import campaign_recipients, campaigns, messages, subject_links
 from consentgate.tenants.service import TenantService
@@ -122,16 +122,52 @@ class _Item:
     values: dict[str, Any] | None = None  # the recipient's new state
     released: bool = False  # its claim is given back untried
 
-    @property
-    def key(self) -> str:
-        return f"campaign:{self.row.campaign_id}:{self.row.seq}"
+    key: str = ""  # the idempotency key, campaign:<id>:<seq>
 
     @property
     def current(self) -> str:
         return self.hashes[max(self.hashes)]
 
 
+_ANY_DUE = (
+    "SELECT 1 FROM campaign_recipients WHERE state IN ('queued', 'claimed') "
+    "AND due_us <= :now LIMIT 1"
+)
 _DONE_NO_MESSAGE = {"state": "done", "action": "skipped", "reason": "ambiguous"}
+_KEY_COLUMNS = (
+    "id",
+    "tenant_id",
+    "idempotency_key",
+    "request_hash",
+    "consent_type",
+    "template_id",
+    "campaign_id",
+    "action",
+    "status",
+    "created_us",
+    "updated_us",
+)
+# A key already taken keeps its row: the rule for it is the single send's (existing_claim).
+_CLAIM_KEY = lean.insert_sql("messages", _KEY_COLUMNS) + " ON CONFLICT DO NOTHING"
+_HELD = (
+    "SELECT id, idempotency_key, request_hash, status, updated_us, action, mode, reason, "
+    "device_kid, consent_seq FROM messages WHERE tenant_id = :tenant AND idempotency_key IN "
+)
+
+
+class _Held(NamedTuple):
+    """A message row under one of the batch's idempotency keys."""
+
+    id: str
+    idempotency_key: str
+    request_hash: bytes
+    status: str
+    updated_us: int
+    action: str
+    mode: str | None
+    reason: str | None
+    device_kid: str | None
+    consent_seq: int | None
 
 
 class Dispatcher:
@@ -169,6 +205,7 @@ class Dispatcher:
         self._outbox = outbox
         # Providers without a wire format of their own (a test fake) are called from here.
         self._pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="dispatch-send")
+        self._wire: dict[str, bool] = {}
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -186,8 +223,9 @@ class Dispatcher:
         claimed = self._claim(limit)
         groups: dict[tuple[str, str], list[_Item]] = {}
         for row in claimed:  # the attempt number as stored by this claim
+            key = f"campaign:{row.campaign_id}:{row.seq}"
             groups.setdefault((row.tenant_id, row.campaign_id), []).append(
-                _Item(row, row.attempts + 1)
+                _Item(row, row.attempts + 1, key=key)
             )
         for (tenant, _), items in groups.items():
             self._work(tenant, items, cancel)
@@ -197,6 +235,10 @@ class Dispatcher:
     def _claim(self, limit: int) -> list[Any]:
         now = self._now_us()
         lease = now + self._lease_us
+        # An idle pass asks in a plain read; the write lock only when something is due.
+        with read_tx(self._engine) as conn:
+            if not lean.rows(conn, _ANY_DUE, {"now": now}):
+                return []
         with write_tx(self._engine) as conn:
             due = (
                 select(campaign_recipients, campaigns.c.template_id, campaigns.c.consent_type)
@@ -213,15 +255,17 @@ class Dispatcher:
             rows = conn.execute(due).all()
             if not rows:
                 return []
-            conn.execute(
-                update(campaign_recipients)
-                .where(
-                    campaign_recipients.c.campaign_id == bindparam("b_campaign"),
-                    campaign_recipients.c.seq == bindparam("b_seq"),
-                )
-                .values(state="claimed", due_us=lease, attempts=bindparam("b_attempts")),
+            lean.many(
+                conn,
+                "UPDATE campaign_recipients SET state = 'claimed', due_us = :lease, "
+                "attempts = :attempts WHERE campaign_id = :campaign AND seq = :seq",
                 [
-                    {"b_campaign": r.campaign_id, "b_seq": r.seq, "b_attempts": r.attempts + 1}
+                    {
+                        "campaign": r.campaign_id,
+                        "seq": r.seq,
+                        "attempts": r.attempts + 1,
+                        "lease": lease,
+                    }
                     for r in rows
                 ],
             )
@@ -304,18 +348,16 @@ class Dispatcher:
         ]
         sending: list[_Item] = []
         with write_tx(self._engine) as conn:
-            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-            conn.execute(dialect.insert(messages).on_conflict_do_nothing(), rows)
-            stored: dict[str, Any] = {}
+            lean.many(conn, _CLAIM_KEY, rows)
+            stored: dict[str, _Held] = {}
             keys = list(mine)
             for start in range(0, len(keys), 900):
-                for row in conn.execute(
-                    select(messages).where(
-                        messages.c.tenant_id == tenant,
-                        messages.c.idempotency_key.in_(keys[start : start + 900]),
-                    )
-                ):
-                    stored[row.idempotency_key] = row
+                params: dict[str, Any] = {"tenant": tenant}
+                names = lean.placeholders("k", keys[start : start + 900], params)
+                sql = _HELD + f"({names})"
+                for found in lean.rows(conn, sql, params):
+                    held = _Held(*found)
+                    stored[held.idempotency_key] = held
             for item in items:
                 row = stored[item.key]
                 if row.id == mine[item.key]:
@@ -409,6 +451,7 @@ class Dispatcher:
             reports = {}
         devices = self._registry.devices_for(tenant, [str(i.ref) for i in allowed])
         outbound: list[tuple[_Item, SendDecision, OutboundMessage, Provider]] = []
+        content = self._composer.content(template, {})
         for item in allowed:
             report = reports.get(item.e164, CapabilityReport.unavailable())
             record = devices.get(str(item.ref))
@@ -429,6 +472,7 @@ class Dispatcher:
                 None if record is None else record.public_key,
                 report,
                 int(now.timestamp()),
+                content,
             )
             outbound.append((item, decision, message, provider))
         deadline = time.monotonic() + self._lease.total_seconds() * 0.75
@@ -476,11 +520,7 @@ class Dispatcher:
         """Every send at once: wire-format providers through the HTTP sender's keep-alive
         connections, others on this dispatcher's threads. None: not attempted."""
         answers: list[SendReceipt | ProviderError | None] = [None] * len(sends)
-        wired = [
-            (n, m, p)
-            for n, (m, p) in enumerate(sends)
-            if self._sender is not None and isinstance(p, WireSender)
-        ]
+        wired = [(n, m, p) for n, (m, p) in enumerate(sends) if self._wired(p)]
         wired_at = {n for n, _, _ in wired}
         others = [
             self._pool.submit(self._send_one, m, p, deadline, cancel)
@@ -498,9 +538,18 @@ class Dispatcher:
                 answers[n] = next(rest).result()
         return answers
 
+    def _wired(self, provider: Provider) -> bool:
+        """Whether the provider's sends go through the HTTP sender (a Protocol isinstance
+        check is slow: asked once per provider)."""
+        known = self._wire.get(provider.name)
+        if known is None:
+            known = self._wire[provider.name] = self._sender is not None and isinstance(
+                provider, WireSender
+            )
+        return known
+
     def _request(self, message: OutboundMessage, provider: Provider) -> Request:
-        assert isinstance(provider, WireSender)
-        wire = provider.send_request(message)
+        wire = cast(WireSender, provider).send_request(message)
         headers = wire.headers
         return Request(
             wire.url, wire.body, lambda: headers, method=wire.method, wait=self._wait(provider)
@@ -541,7 +590,15 @@ class Dispatcher:
             else:  # released untried (or never reached): due again at once
                 item.values = {"state": "queued", "due_us": now}
         with write_tx(self._engine) as conn:
-            stored = record_outcomes(conn, tenant, outcomes, self._outbox, now)
+            stored = record_outcomes(
+                conn,
+                tenant,
+                outcomes,
+                self._outbox,
+                now,
+                consent_type=items[0].row.consent_type,
+                campaign_id=items[0].row.campaign_id,
+            )
             by_id = {row.id: row for row in stored}
             released = [str(i.message_id) for i in items if i.released]
             if released:
@@ -555,11 +612,11 @@ class Dispatcher:
                 row = item.answer if item.answer is not None else by_id.get(str(item.message_id))
                 values = item.values if item.values else self._settled(item, row, now)
                 params.append(_recipient_params(item.row, values))
-            conn.execute(_RECIPIENT, params)
+            lean.many(conn, _RECIPIENT, params)
             lost = [i for i in items if i.values == _DONE_NO_MESSAGE]  # dicts, by value
             self._decided_without_message(conn, tenant, lost, now)
         count_decisions(self._metrics, tenant, stored)
-        retried = sum(1 for p in params if p["b_state"] == "queued")
+        retried = sum(1 for p in params if p["state"] == "queued")
         self._metrics.campaign_recipients(tenant, "retried", retried)
         self._metrics.campaign_recipients(tenant, "done", len(items) - retried)
 
@@ -628,21 +685,9 @@ class Dispatcher:
 
 
 _RECIPIENT = (
-    update(campaign_recipients)
-    .where(
-        campaign_recipients.c.campaign_id == bindparam("b_campaign"),
-        campaign_recipients.c.seq == bindparam("b_seq"),
-    )
-    .values(
-        state=bindparam("b_state"),
-        due_us=bindparam("b_due"),
-        action=bindparam("b_action"),
-        mode=bindparam("b_mode"),
-        reason=bindparam("b_reason"),
-        message_id=bindparam("b_message"),
-        sealed=bindparam("b_sealed"),
-        wrapped_key=bindparam("b_wrapped"),
-    )
+    "UPDATE campaign_recipients SET state = :state, due_us = :due, action = :action, "
+    "mode = :mode, reason = :reason, message_id = :message, sealed = :sealed, "
+    "wrapped_key = :wrapped WHERE campaign_id = :campaign AND seq = :seq"
 )
 
 
@@ -650,29 +695,28 @@ def _recipient_params(row: Any, values: dict[str, Any]) -> dict[str, Any]:
     """One recipient's new state; the number is purged once it is done."""
     done = values["state"] == "done"
     return {
-        "b_campaign": row.campaign_id,
-        "b_seq": row.seq,
-        "b_state": values["state"],
-        "b_due": values.get("due_us", row.due_us),
-        "b_action": values.get("action"),
-        "b_mode": values.get("mode"),
-        "b_reason": values.get("reason"),
-        "b_message": values.get("message_id"),
-        "b_sealed": None if done else row.sealed,
-        "b_wrapped": None if done else row.wrapped_key,
+        "campaign": row.campaign_id,
+        "seq": row.seq,
+        "state": values["state"],
+        "due": values.get("due_us", row.due_us),
+        "action": values.get("action"),
+        "mode": values.get("mode"),
+        "reason": values.get("reason"),
+        "message": values.get("message_id"),
+        "sealed": None if done else row.sealed,
+        "wrapped": None if done else row.wrapped_key,
     }
 
 
 def _read(message: OutboundMessage, provider: Provider, result: Result) -> Any:
     """A wire result as the provider reads it: a receipt, a ProviderError, or None (untried)."""
-    assert isinstance(provider, WireSender)
     if not result.attempted:
         return None
     if result.status is None:
         detail = f"{getattr(provider, 'name', 'provider')}: {result.error}"
         return ProviderUnavailable(detail, maybe_sent=True)
     try:
-        return provider.send_answer(message, result.status, result.body)
+        return cast(WireSender, provider).send_answer(message, result.status, result.body)
     except ProviderError as exc:
         return exc
 

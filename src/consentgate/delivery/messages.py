@@ -128,7 +128,15 @@ class MessageService:
         handed_over: list[bool] = []  # set once the provider has been called
         try:
             return self._decide_and_send(
-                tenant, message_id, to, hashed, consent_type, template, variables, handed_over
+                tenant,
+                message_id,
+                to,
+                hashed,
+                consent_type,
+                template,
+                variables,
+                handed_over,
+                campaign_id,
             )
         except BaseException:
             if handed_over:
@@ -152,6 +160,7 @@ class MessageService:
         template: Template,
         variables: dict[str, Any],
         handed_over: list[bool],
+        campaign_id: str | None,
     ) -> dict[str, Any]:
         with read_tx(self._engine) as conn:
             found = self._links.find(conn, tenant, hashed)
@@ -174,7 +183,17 @@ class MessageService:
                 now=self._clock.now(),
             )
             return self._finish(
-                tenant, message_id, ref, hashed.current, decision, None, None, "skipped", None
+                tenant,
+                message_id,
+                ref,
+                hashed.current,
+                decision,
+                None,
+                None,
+                "skipped",
+                None,
+                consent_type=consent_type,
+                campaign_id=campaign_id,
             )
         try:
             caps = self._providers.rcs.capabilities(to.value)
@@ -220,6 +239,8 @@ class MessageService:
                 None,
                 "failed",
                 reason,
+                consent_type=consent_type,
+                campaign_id=campaign_id,
             )
         return self._finish(
             tenant,
@@ -231,6 +252,8 @@ class MessageService:
             receipt.provider_message_id,
             "sent",
             None,
+            consent_type=consent_type,
+            campaign_id=campaign_id,
         )
 
     def _claim(
@@ -307,6 +330,9 @@ class MessageService:
         provider_message_id: str | None,
         status: str,
         failure: ReasonCode | None,
+        *,
+        consent_type: str,
+        campaign_id: str | None,
     ) -> dict[str, Any]:
         """Store the decision and, in the same transaction, its ``message.decided`` event."""
         now_us = to_micros(self._clock.now())
@@ -314,6 +340,14 @@ class MessageService:
             message_id, ref, hashed_id, decision, provider, provider_message_id, status, failure
         )
         with write_tx(self._engine) as conn:
-            (row,) = record_outcomes(conn, tenant, [outcome], self._outbox, now_us)
+            (row,) = record_outcomes(
+                conn,
+                tenant,
+                [outcome],
+                self._outbox,
+                now_us,
+                consent_type=consent_type,
+                campaign_id=campaign_id,
+            )
         count_decisions(self._metrics, tenant, [row])
         return response(row)

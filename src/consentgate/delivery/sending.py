@@ -17,7 +17,7 @@ from datetime import timedelta
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, select, update
+from sqlalchemy import Connection
 
 from consentgate.crypto.envelope import seal
 from consentgate.crypto.keystore import KeyStore
@@ -28,7 +28,7 @@ from consentgate.domain.reasons import ReasonCode
 from consentgate.observability.metrics import Metrics
 from consentgate.outbox import events as outbox_events
 from consentgate.outbox.store import OutboxWriter
-from consentgate.storage.tables import messages
+from consentgate.storage import lean
 
 ENVELOPE_TTL = timedelta(days=7)
 TEASER = "You have a new secure message."
@@ -103,6 +103,11 @@ class Composer:
         # authenticated landing page behind them is not part of this service yet.
         self._link_base = "https://" + public_url.split("://", 1)[-1]
 
+    @staticmethod
+    def content(template: Template, variables: dict[str, Any]) -> dict[str, Any]:
+        """The rendered template (PII tokens filled), without empty parts."""
+        return {k: v for k, v in render(template, variables).items() if v is not None}
+
     def outbound(
         self,
         tenant: str,
@@ -114,9 +119,13 @@ class Composer:
         public_key: bytes | None,
         report: CapabilityReport,
         now: int,
+        content: dict[str, Any] | None = None,
     ) -> tuple[OutboundMessage, Provider]:
+        """``content``: :meth:`content` of the template and variables, when the caller has
+        it already (a campaign renders its template once per batch)."""
         mode = decision.mode
-        content = {k: v for k, v in render(template, variables).items() if v is not None}
+        if content is None:
+            content = self.content(template, variables)
         if mode is DeliveryMode.NATIVE_E2EE:
             text = str(content["text"])
             return OutboundMessage(message_id, to, "rcs", text=text, e2ee=True), self.providers.rcs
@@ -170,21 +179,26 @@ class Outcome:
     failure: ReasonCode | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A message's decision as stored (the attributes :func:`response` reads)."""
+
+    id: str
+    action: str
+    mode: str | None
+    reason: str | None
+    device_kid: str | None
+    consent_seq: int | None
+    status: str
+    consent_type: str
+    campaign_id: str | None
+
+
 _FINISH = (
-    update(messages)
-    .where(messages.c.tenant_id == bindparam("b_tenant"), messages.c.id == bindparam("b_id"))
-    .values(
-        subject_ref=bindparam("b_ref"),
-        action=bindparam("b_action"),
-        mode=bindparam("b_mode"),
-        reason=bindparam("b_reason"),
-        device_kid=bindparam("b_kid"),
-        consent_seq=bindparam("b_seq"),
-        provider=bindparam("b_provider"),
-        provider_message_id=bindparam("b_pmid"),
-        status=bindparam("b_status"),
-        updated_us=bindparam("b_now"),
-    )
+    "UPDATE messages SET subject_ref = :ref, action = :action, mode = :mode, "
+    "reason = :reason, device_kid = :kid, consent_seq = :seq, provider = :provider, "
+    "provider_message_id = :pmid, status = :status, updated_us = :now "
+    "WHERE tenant_id = :tenant AND id = :id"
 )
 
 
@@ -194,56 +208,65 @@ def record_outcomes(
     outcomes: Sequence[Outcome],
     outbox: OutboxWriter | None,
     now_us: int,
-) -> list[Row[Any]]:
-    """Store the decisions (one executemany) and, in the same transaction, their
-    ``message.decided`` events (one multi-row insert). Returns the stored rows, in order."""
+    *,
+    consent_type: str,
+    campaign_id: str | None,
+) -> list[Stored]:
+    """Store the decisions (one executemany on the driver) and, in the same transaction,
+    their ``message.decided`` events (one multi-row insert). All are for one purpose and
+    campaign (or none). Returns what was stored, in order."""
     if not outcomes:
         return []
     params = []
+    stored = []
     for o in outcomes:
         reason = o.failure or o.decision.reason
+        row = Stored(
+            o.message_id,
+            "skipped" if o.failure is not None else o.decision.action.value,
+            None if o.decision.mode is None else o.decision.mode.value,
+            None if reason is None else reason.value,
+            o.decision.device_kid,
+            o.decision.consent_seq,
+            o.status,
+            consent_type,
+            campaign_id,
+        )
+        stored.append(row)
         params.append(
             {
-                "b_tenant": tenant,
-                "b_id": o.message_id,
-                "b_ref": o.subject_ref,
-                "b_action": "skipped" if o.failure is not None else o.decision.action.value,
-                "b_mode": None if o.decision.mode is None else o.decision.mode.value,
-                "b_reason": None if reason is None else reason.value,
-                "b_kid": o.decision.device_kid,
-                "b_seq": o.decision.consent_seq,
-                "b_provider": o.provider,
-                "b_pmid": o.provider_message_id,
-                "b_status": o.status,
-                "b_now": now_us,
+                "tenant": tenant,
+                "id": row.id,
+                "ref": o.subject_ref,
+                "action": row.action,
+                "mode": row.mode,
+                "reason": row.reason,
+                "kid": row.device_kid,
+                "seq": row.consent_seq,
+                "provider": o.provider,
+                "pmid": o.provider_message_id,
+                "status": row.status,
+                "now": now_us,
             }
         )
-    conn.execute(_FINISH, params)
-    ids = [o.message_id for o in outcomes]
-    by_id: dict[str, Row[Any]] = {}
-    for start in range(0, len(ids), 500):
-        for row in conn.execute(
-            select(messages).where(messages.c.id.in_(ids[start : start + 500]))
-        ):
-            by_id[row.id] = row
-    rows = [by_id[i] for i in ids]
+    lean.many(conn, _FINISH, params)
     if outbox is not None:
         events = [
             outbox_events.message_decided(
                 message_id=row.id,
                 subject_ref=o.subject_ref,
                 hashed_id=o.hashed_id,
-                consent_type=row.consent_type,
+                consent_type=consent_type,
                 action=row.action,
                 mode=row.mode,
                 reason=row.reason,
                 consent_seq=row.consent_seq,
-                campaign_id=row.campaign_id,
+                campaign_id=campaign_id,
             )
-            for o, row in zip(outcomes, rows, strict=True)
+            for o, row in zip(outcomes, stored, strict=True)
         ]
         outbox.record(conn, tenant, events, now_us)
-    return rows
+    return stored
 
 
 def count_decisions(metrics: Metrics, tenant: str, rows: Sequence[Any]) -> None:

@@ -11,7 +11,7 @@ log = logging.getLogger("consentgate.worker")
 
 
 class DispatchWorker:
-    def __init__(self, campaigns: CampaignService, idle_seconds: float = 0.2) -> None:
+    def __init__(self, campaigns: CampaignService, idle_seconds: float = 0.05) -> None:
         self._campaigns = campaigns
         self._idle = idle_seconds
         self._stop = threading.Event()

@@ -21,6 +21,7 @@ import httpx
 import uvicorn
 
 from consentgate.sandbox.app import create_sandbox
+from consentgate.sandbox.fastpath import RbmFastPath
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         http=httpx.Client(timeout=httpx.Timeout(5.0, connect=2.0)),
         auto_receipts=args.auto_receipts,
     )
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
+    uvicorn.run(
+        RbmFastPath(app), host=args.host, port=args.port, access_log=False, log_level="warning"
+    )
     return 0
 
 

@@ -298,6 +298,44 @@ class _Carrier:
             return self.post_twilio_status(m.status_callback, params) or 599
         return None
 
+    def rbm_create(
+        self, phone: str, message_id: str | None, raw: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        """``agentMessages.create`` once authenticated: (HTTP status, JSON answer)."""
+        if not message_id:
+            return 400, google_error(400, "messageId is required.")
+        try:
+            body = _RbmMessageIn.model_validate_json(raw)
+        except ValidationError:
+            return 400, google_error(400, "Invalid JSON payload.")
+        text = body.content.get("text")
+        if not isinstance(text, str) or not text:
+            return 400, google_error(400, "contentMessage.text is required by the sandbox.")
+        with self.lock:
+            device = self.devices.get(phone)
+        if device is None or not device.rcs:
+            return 404, google_error(404, "Requested entity was not found.")
+        if body.require_e2ee and not device.native_e2ee:
+            return 400, google_error(400, "Native E2EE is unavailable.", "FAILED_PRECONDITION")
+        now = self.clock.now()
+        message = _Message(
+            to=phone,
+            channel="rcs",
+            e2ee=device.native_e2ee,
+            text=text,
+            envelope=body.envelope,
+            link=_suggested_url(body.content),
+            provider_message_id=message_id,
+            received_at=now,
+        )
+        if not self.record(("rcs", message_id), message):
+            return 409, google_error(409, "Message with this id already exists.")
+        return 200, {
+            "name": f"phones/{phone}/agentMessages/{message_id}",
+            "sendTime": format_rfc3339(now),
+            "contentMessage": body.content,
+        }
+
     def record(self, key: tuple[str, str], message: _Message) -> bool:
         """Store a message; False if one with this key exists (an idempotent replay)."""
         with self.lock:
@@ -315,11 +353,15 @@ class _Carrier:
 # --- errors in each wire format ------------------------------------------------------------------
 
 
+def google_error(status: int, message: str, google: str | None = None) -> dict[str, Any]:
+    """A Google API error body (RBM's)."""
+    canonical = google or _GOOGLE_STATUS.get(status, "UNKNOWN")
+    return {"error": {"code": status, "message": message, "status": canonical}}
+
+
 def wire_error(wire: Wire, status: int, message: str, google: str | None = None) -> Response:
     if wire == "rbm":
-        canonical = google or _GOOGLE_STATUS.get(status, "UNKNOWN")
-        body = {"error": {"code": status, "message": message, "status": canonical}}
-        return JSONResponse(body, status_code=status)
+        return JSONResponse(google_error(status, message, google), status_code=status)
     if wire == "twilio":
         code = {401: 20003, 404: 20404, 429: 20429}.get(status, 20500 if status >= 500 else 20001)
         return twilio_error(status, code, message)
@@ -525,40 +567,10 @@ def _rbm_routes(app: FastAPI, carrier: _Carrier) -> None:
         if refusal is not None:
             return refusal
         message_id = request.query_params.get("messageId")
-        if not message_id:
-            return wire_error("rbm", 400, "messageId is required.")
-        try:
-            body = _RbmMessageIn.model_validate_json(await request.body())
-        except ValidationError:
-            return wire_error("rbm", 400, "Invalid JSON payload.")
-        text = body.content.get("text")
-        if not isinstance(text, str) or not text:
-            return wire_error("rbm", 400, "contentMessage.text is required by the sandbox.")
-        with carrier.lock:
-            device = carrier.devices.get(phone)
-        if device is None or not device.rcs:
-            return wire_error("rbm", 404, "Requested entity was not found.")
-        if body.require_e2ee and not device.native_e2ee:
-            return wire_error("rbm", 400, "Native E2EE is unavailable.", "FAILED_PRECONDITION")
-        now = carrier.clock.now()
-        message = _Message(
-            to=phone,
-            channel="rcs",
-            e2ee=device.native_e2ee,
-            text=text,
-            envelope=body.envelope,
-            link=_suggested_url(body.content),
-            provider_message_id=message_id,
-            received_at=now,
-        )
-        if not carrier.record(("rcs", message_id), message):
-            return wire_error("rbm", 409, "Message with this id already exists.")
-        answer = {
-            "name": f"phones/{phone}/agentMessages/{message_id}",
-            "sendTime": format_rfc3339(now),
-            "contentMessage": body.content,
-        }
-        return JSONResponse(answer, background=carrier.after_accept(("rcs", message_id)))
+        status, answer = carrier.rbm_create(phone, message_id, await request.body())
+        if status != 200:
+            return JSONResponse(answer, status_code=status)
+        return JSONResponse(answer, background=carrier.after_accept(("rcs", str(message_id))))
 
     @app.delete("/rbm/v1/phones/{phone}/agentMessages/{message_id}")
     async def revoke(request: Request, phone: str, message_id: str) -> Response:
