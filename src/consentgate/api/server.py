@@ -10,6 +10,7 @@ one process bumps the shared generation counters before it is acknowledged
 
 from __future__ import annotations
 
+import logging
 import os
 
 from fastapi import FastAPI
@@ -30,6 +31,10 @@ def worker_app() -> FastAPI:
         "text" if settings.server.log_format == "text" else "json",
         os.environ.get(LOG_LEVEL_ENV, "info"),
     )
+    # uvicorn's access log prints concrete paths (hashed ids, message ids, sandbox phone
+    # numbers): the AccessLog middleware logs route templates instead. (uvicorn switched it
+    # off before calling this factory; configure_logging switched it back on.)
+    logging.getLogger("uvicorn.access").disabled = True
     core = build(settings, run_migrations=False)
     core.start_background(workers=False)  # on PostgreSQL, the LISTEN thread; nothing else
     return create_app(core)
