@@ -139,8 +139,10 @@ def _drive(
     }
 
 
-def _start_server(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [str(_cli()), "serve", "--host", "127.0.0.1", "--port", str(port)]
+def _start_server(
+    env: dict[str, str], port: int, log: Path, *extra: str
+) -> subprocess.Popen[bytes]:
+    cmd = [str(_cli()), "serve", "--host", "127.0.0.1", "--port", str(port), *extra]
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60

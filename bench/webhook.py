@@ -1,6 +1,8 @@
 """Figure 5: signed CMP webhook ingest over HTTP against the real server (``consentgate
-serve``): POST /v1/tenants/{tenant}/cmp/generic/events with Standard Webhooks signatures, from
-separate client processes, (a) one event per delivery and (b) 50 events per delivery.
+serve --workers N``, one HTTP process per core): POST /v1/tenants/{tenant}/cmp/generic/events
+with Standard Webhooks signatures, from separate client processes, (a) one event per delivery
+and (b) 50 events per delivery. The same load against one HTTP process (the CLI default) is
+recorded beside it, with the server's CPU per delivery and the load average of each run.
 
 Baseline, same run, same events: in one thread of this process, the bare Standard Webhooks
 check of each delivery (HMAC-SHA256 over ``id.timestamp.body`` + constant-time compare) and
@@ -29,7 +31,7 @@ from typing import Any
 
 from bench import webhook_client as client
 from bench.backends import Backend
-from bench.common import REPO, Figure, free_port, latency_summary, process_cpu_seconds
+from bench.common import REPO, Figure, free_port, latency_summary
 from bench.config import Sizes
 from bench.httpbench import _cli, _start_server, _stop
 from consentgate.bootstrap import App
@@ -66,6 +68,37 @@ def _cpu_ticks() -> tuple[int, int]:
     return total - fields[3] - fields[4], total
 
 
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (serve --workers N: the uvicorn workers)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+            except OSError:
+                continue  # a thread that just ended
+    return found
+
+
+def _tree_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of ``pids`` (from /proc; a process gone counts 0)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def _ledger_counts(backend: Backend, tenant: str) -> tuple[int, int]:
     """(tree size, signed checkpoints) of ``tenant``: one checkpoint per write transaction."""
     p = backend.param
@@ -83,9 +116,16 @@ def _ledger_counts(backend: Backend, tenant: str) -> tuple[int, int]:
 
 
 def _drive(
-    backend: Backend, port: int, secret: bytes, v: Variant, sizes: Sizes, server_pid: int
+    backend: Backend,
+    port: int,
+    secret: bytes,
+    v: Variant,
+    sizes: Sizes,
+    server_pid: int,
+    tag: str,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run the client processes through warm-up and the timed window; sample the server."""
+    """Run the client processes through warm-up and the timed window; sample the server.
+    ``tag`` names the run in webhook-ids and consent ids (each run's are new)."""
     workers = sizes.webhook_workers
     procs = [
         subprocess.Popen(
@@ -104,7 +144,7 @@ def _drive(
                 "port": port,
                 "path": PATH,
                 "secret": base64.b64encode(secret).decode(),
-                "variant": v.name,
+                "variant": tag,
                 "per": v.per_delivery,
                 "phones": sizes.webhook_phones,
                 "worker": w,
@@ -123,11 +163,14 @@ def _drive(
             proc.stdin.write("go\n")
             proc.stdin.flush()
         time.sleep(sizes.webhook_warmup_seconds)
+        load0 = os.getloadavg()
         size0, cps0 = _ledger_counts(backend, TENANT)
-        ticks0, cpu0, t0 = _cpu_ticks(), process_cpu_seconds(server_pid), time.monotonic()
+        tree = _process_tree(server_pid)
+        ticks0, cpu0, t0 = _cpu_ticks(), _tree_cpu_seconds(tree), time.monotonic()
         time.sleep(sizes.webhook_seconds)
-        server_cpu = (process_cpu_seconds(server_pid) - cpu0) / (time.monotonic() - t0)
+        server_cpu = (_tree_cpu_seconds(tree) - cpu0) / (time.monotonic() - t0)
         ticks1 = _cpu_ticks()
+        load1 = os.getloadavg()
         size1, cps1 = _ledger_counts(backend, TENANT)
         timeout = sizes.webhook_warmup_seconds + sizes.webhook_seconds + 120
         results = []
@@ -160,6 +203,12 @@ def _drive(
         "window_s": window,
         "delivery_latency": latency_summary(latencies),
         "server_cpu_cores_busy": server_cpu,
+        "server_cpu_ms_per_delivery": server_cpu / (len(latencies) / window) * 1000
+        if latencies
+        else None,
+        "load_average_1m": {"before": round(load0[0], 2), "after": round(load1[0], 2)},
+        "tag": tag,
+        "server_processes": len(tree),
         "clients_cpu_cores_busy": sum(r["cpu"] for r in results) / window,
         "machine_cpu_cores_busy": (ticks1[0] - ticks0[0]) / (ticks1[1] - ticks0[1]) * cpus
         if ticks1[1] > ticks0[1]
@@ -176,9 +225,10 @@ def _drive(
 
 
 def _baseline(
-    core: App, secret: bytes, v: Variant, results: list[dict[str, Any]], sizes: Sizes
+    core: App, secret: bytes, v: Variant, results: list[dict[str, Any]], sizes: Sizes, tag: str
 ) -> dict[str, Any]:
-    """The same deliveries the clients sent, in-process: bare HMAC check + ingest."""
+    """The same deliveries the clients sent (run ``tag``), in-process: bare HMAC check +
+    ingest."""
     tenant = f"cmp-base-{v.name}"
     core.tenants.create(tenant, "GB")
     phones = sizes.webhook_phones
@@ -198,11 +248,11 @@ def _baseline(
         ts = str(int(time.time()))
         items = []
         for w, i in picks:
-            body = client.body(v.name, v.per_delivery, w, i, phones)
-            msg_id = client.msg_id(v.name, w, i)
+            body = client.body(tag, v.per_delivery, w, i, phones)
+            msg_id = client.msg_id(tag, w, i)
             events = [
                 EventInput(source="web", **ev)
-                for ev in client.events(v.name, v.per_delivery, w, i, phones)
+                for ev in client.events(tag, v.per_delivery, w, i, phones)
             ]
             items.append((msg_id, ts, client.sign(secret, msg_id, ts, body), body, events))
         return items
@@ -325,35 +375,48 @@ def run(backend: Backend, core: App, sizes: Sizes) -> list[Figure]:
         return figs
     secret = secret_bytes(json.loads(created.stdout)["webhook_secret"])
 
-    port = free_port()
-    server = _start_server(env, port, backend.workdir / "server-webhook.log")
-    http_runs: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
-    try:
-        # One signed probe: it must be accepted and recorded before anything is timed.
-        probe_body = client.body("probe", 1, 0, 0, sizes.webhook_phones)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.request(
-            "POST", PATH, body=probe_body, headers=client.headers(secret, "msg_probe", probe_body)
-        )
-        answer = conn.getresponse()
-        text = answer.read()
-        conn.close()
-        if answer.status != 201:
-            raise RuntimeError(f"webhook probe failed: {answer.status} {text[:300]!r}")
-        for v in variants:
-            http_runs[v.name] = _drive(backend, port, secret, v, sizes, server.pid)
-    finally:
-        _stop(server)
+    # The figure: one HTTP process per core (serve --workers N); beside it, the same load on
+    # one process (the CLI default) for comparison.
+    cores = os.cpu_count() or 1
+    http_runs: dict[tuple[int, str], tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    for processes in dict.fromkeys((cores, 1)):
+        port = free_port()
+        log = backend.workdir / f"server-webhook-{processes}.log"
+        server = _start_server(env, port, log, "--workers", str(processes))
+        try:
+            # One signed probe: it must be accepted and recorded before anything is timed.
+            probe_id = f"probe{processes}"
+            probe_body = client.body(probe_id, 1, 0, 0, sizes.webhook_phones)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request(
+                "POST",
+                PATH,
+                body=probe_body,
+                headers=client.headers(secret, f"msg_{probe_id}", probe_body),
+            )
+            answer = conn.getresponse()
+            text = answer.read()
+            conn.close()
+            if answer.status != 201:
+                raise RuntimeError(f"webhook probe failed: {answer.status} {text[:300]!r}")
+            for v in variants:
+                tag = f"{v.name}{processes}p"
+                http_runs[(processes, v.name)] = _drive(
+                    backend, port, secret, v, sizes, server.pid, tag
+                )
+        finally:
+            _stop(server)
 
     for fig, v in zip(figs, variants, strict=True):
-        summary, results = http_runs[v.name]
-        base = _baseline(core, secret, v, results, sizes)
+        summary, results = http_runs[(cores, v.name)]
+        one_process = http_runs[(1, v.name)][0]
+        base = _baseline(core, secret, v, results, sizes, str(summary["tag"]))
         direct = _handle_in_process(core, v, sizes)
         fig.value = summary.pop("throughput_events")
         fig.baseline = base.pop("rate")
         fig.details = {
-            "server": f"consentgate serve --host 127.0.0.1 --port {port}: CLI defaults (one "
-            "uvicorn process, background workers on, access log on)",
+            "server": f"consentgate serve --workers {cores}: {cores} uvicorn processes "
+            "sharing the port, background workers on (in the parent process), access log on",
             "request": f"POST {PATH} (generic adapter), Standard Webhooks headers: unique "
             "webhook-id, webhook-timestamp now, v1 HMAC-SHA256 signature; expect 201",
             "body": "one event object"
@@ -368,6 +431,11 @@ def run(backend: Backend, core: App, sizes: Sizes) -> list[Figure]:
             "warmup_s_excluded": sizes.webhook_warmup_seconds,
             "duration_s": sizes.webhook_seconds,
             "http": summary,
+            "http_one_process": {
+                "what": "the same clients against consentgate serve with one HTTP process "
+                "(the CLI default), right after the run above",
+                **one_process,
+            },
             "baseline": {
                 **base,
                 "what": "one thread, this process: base64-decode the v1 signature, "
