@@ -32,6 +32,7 @@ from consentgate.delivery.providers.rbm import RbmProvider
 from consentgate.delivery.providers.sms import SmsProvider
 from consentgate.delivery.ratelimit import RateLimits
 from consentgate.delivery.registry import Registry
+from consentgate.delivery.revocation import Revoker
 from consentgate.delivery.worker import DispatchWorker
 from consentgate.domain.clock import Clock, SystemClock
 from consentgate.gate import cache as state_cache
@@ -246,6 +247,9 @@ def build(
                 concurrency=settings.dispatch.concurrency,
                 metrics=metrics,
                 outbox=outbox,
+                revoker=Revoker(
+                    engine, keystore, [providers.rcs, providers.sms, providers.push], clock
+                ),
             ),
             keystore,
             clock,

@@ -6,8 +6,10 @@ authenticates the request by its signature and reads it into :class:`ProviderEve
 Receipts (``delivered`` / ``read`` / ``failed``) are matched to the stored message by
 (provider, provider_message_id). Each adds a ``message_events`` row and moves the message's
 status forward, in one transaction; a status never moves backwards (:data:`STATUS_RANK`:
-``read`` > ``delivered`` > ``failed`` > ``sent``). A receipt for an unknown message changes
-nothing and is counted as ``ignored``; a redelivered receipt adds no second row.
+``revoked`` > ``read`` > ``delivered`` > ``failed`` > ``sent``); a final receipt also drops
+the number kept for revocation (:mod:`consentgate.delivery.revocation`). A receipt for an
+unknown message changes nothing and is counted as ``ignored``; a redelivered receipt adds no
+second row.
 
 Withdrawals. An ``unsubscribe`` event (RBM's UNSUBSCRIBE, Twilio's ``OptOutType=STOP``) or an
 inbound text that is a stop keyword (:data:`STOP_KEYWORDS`, matched on the whole text,
@@ -46,7 +48,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, insert, select, update
+from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
 
 from consentgate.consent.group_commit import GroupCommitter
 from consentgate.consent.ingest import EventInput, IngestService
@@ -62,7 +64,12 @@ from consentgate.observability.metrics import Metrics
 from consentgate.outbox import events as outbox_events
 from consentgate.outbox.store import OutboxWriter
 from consentgate.storage.engine import read_tx, write_tx
-from consentgate.storage.tables import message_events, messages, subject_links
+from consentgate.storage.tables import (
+    message_events,
+    messages,
+    revocable_messages,
+    subject_links,
+)
 from consentgate.tenants.service import TenantService
 
 log = logging.getLogger("consentgate.callbacks")
@@ -73,7 +80,7 @@ STOP_KEYWORDS = frozenset({"stop", "unsubscribe", "stopall", "cancel", "end", "q
 #: A purpose is a marketing purpose, withdrawn by STOP, when its name starts with this.
 MARKETING_PREFIX = "marketing"
 #: Message status order: a receipt only ever moves a message's status up this ladder.
-STATUS_RANK = {"pending": 0, "sent": 1, "failed": 2, "delivered": 3, "read": 4}
+STATUS_RANK = {"pending": 0, "sent": 1, "failed": 2, "delivered": 3, "read": 4, "revoked": 5}
 
 _RECEIPTS = frozenset({"delivered", "read", "failed"})
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9._~-]{1,120}$")
@@ -230,6 +237,10 @@ class CallbackService:
                     update(messages)
                     .where(and_(messages.c.id == row.id, messages.c.status.in_(lower)))
                     .values(status=event.kind, updated_us=to_micros(self._clock.now()))
+                )
+                # Delivered (or failed for good): nothing left to revoke, the number goes.
+                conn.execute(
+                    delete(revocable_messages).where(revocable_messages.c.message_id == row.id)
                 )
         return bool(rows)
 

@@ -26,8 +26,9 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from consentgate.consent.subjects import SubjectLinks
 from consentgate.crypto.keystore import KeyStore
-from consentgate.delivery.dispatch import Dispatcher, seal_number
+from consentgate.delivery.dispatch import Dispatcher
 from consentgate.delivery.registry import Registry
+from consentgate.delivery.sealed import seal_number
 from consentgate.domain.clock import Clock
 from consentgate.domain.identity import normalise_phones
 from consentgate.domain.reasons import ReasonCode
@@ -283,7 +284,7 @@ class CampaignService:
     def dispatch_once(self, limit: int | None = None, cancel: threading.Event | None = None) -> int:
         """Claim and send up to ``limit`` (default: the dispatch batch) due recipients; return
         how many were handled (:mod:`consentgate.delivery.dispatch`)."""
-        return self._dispatcher.dispatch_once(limit or self._batch, cancel)
+        return self._dispatcher.dispatch_once(self._batch if limit is None else limit, cancel)
 
     def status(self, tenant: str, campaign_id: str) -> dict[str, Any]:
         with read_tx(self._engine) as conn:

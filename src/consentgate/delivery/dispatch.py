@@ -25,7 +25,6 @@ One pass (:meth:`Dispatcher.dispatch_once`):
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 import uuid
@@ -35,7 +34,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, NamedTuple, cast
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
 from consentgate.crypto.keystore import KeyStore
@@ -59,6 +57,8 @@ from consentgate.delivery.providers.base import (
 )
 from consentgate.delivery.ratelimit import RateLimits
 from consentgate.delivery.registry import Registry
+from consentgate.delivery.revocation import REVOCABLE, Revoker, hold, revoke_if_withdrawn
+from consentgate.delivery.sealed import unseal_number
 from consentgate.delivery.sending import (
     Claim,
     Composer,
@@ -85,22 +85,6 @@ from consentgate.tenants.service import TenantService
 
 MAX_ATTEMPTS = 5
 RETRY_BASE = timedelta(seconds=2)
-
-
-# --- the sealed number ---------------------------------------------------------------------------
-
-
-def seal_number(keys: KeyStore, tenant: str, context: str, e164: str) -> tuple[bytes, bytes]:
-    """(sealed, wrapped data key): AES-256-GCM under a fresh key bound to ``context``."""
-    key = AESGCM.generate_key(bit_length=256)
-    nonce = secrets.token_bytes(12)
-    sealed = nonce + AESGCM(key).encrypt(nonce, e164.encode(), context.encode())
-    return sealed, keys.wrap_data_key(tenant, key, context)
-
-
-def unseal_number(keys: KeyStore, tenant: str, context: str, sealed: bytes, wrapped: bytes) -> str:
-    key = keys.unwrap_data_key(tenant, wrapped, context)
-    return AESGCM(key).decrypt(sealed[:12], sealed[12:], context.encode()).decode()
 
 
 # --- one recipient through a pass ----------------------------------------------------------------
@@ -188,7 +172,9 @@ class Dispatcher:
         concurrency: int = 32,
         metrics: Metrics | None = None,
         outbox: OutboxWriter | None = None,
+        revoker: Revoker | None = None,
     ) -> None:
+        self.revoker = revoker
         self._engine = engine
         self._tenants = tenants
         self._gate = gate
@@ -216,11 +202,12 @@ class Dispatcher:
     # -- the pass ----------------------------------------------------------------------------
 
     def dispatch_once(self, limit: int, cancel: threading.Event | None = None) -> int:
-        """Claim and work up to ``limit`` due recipients; return how many were claimed."""
+        """Claim and work up to ``limit`` due recipients, then the revoker's pass; return how
+        many recipients and revocations were handled."""
         rcs_rate = self._limits.rate(self._composer.providers.rcs.name)
         if rcs_rate is not None:  # a batch the provider can take before its consent goes stale
             limit = min(limit, max(10, int(rcs_rate)))
-        claimed = self._claim(limit)
+        claimed = self._claim(limit) if limit > 0 else []
         groups: dict[tuple[str, str], list[_Item]] = {}
         for row in claimed:  # the attempt number as stored by this claim
             key = f"campaign:{row.campaign_id}:{row.seq}"
@@ -230,7 +217,8 @@ class Dispatcher:
         for (tenant, _), items in groups.items():
             self._work(tenant, items, cancel)
         self._close_finished({row.campaign_id for row in claimed})
-        return len(claimed)
+        revoked = self.revoker.run_once() if self.revoker is not None else 0
+        return len(claimed) + revoked
 
     def _claim(self, limit: int) -> list[Any]:
         now = self._now_us()
@@ -615,6 +603,37 @@ class Dispatcher:
             lean.many(conn, _RECIPIENT, params)
             lost = [i for i in items if i.values == _DONE_NO_MESSAGE]  # dicts, by value
             self._decided_without_message(conn, tenant, lost, now)
+            revocable = [
+                i
+                for i in items
+                if i.outcome is not None
+                and i.outcome.status == "sent"
+                and i.outcome.provider in REVOCABLE
+                and i.ref is not None
+            ]
+            hold(
+                conn,
+                tenant,
+                [
+                    (
+                        str(i.message_id),
+                        str(i.ref),
+                        i.row.consent_type,
+                        str(i.outcome.provider),
+                        str(i.outcome.provider_message_id),
+                        f"{i.row.campaign_id}:{i.row.seq}",
+                        i.row.sealed,
+                        i.row.wrapped_key,
+                    )
+                    for i in revocable
+                    if i.outcome is not None
+                ],
+                now,
+            )
+        # A withdrawal that committed after the batch's check but before these sends were
+        # stored is not seen by the revoker's scan: look once more.
+        sent = [(str(i.message_id), str(i.ref)) for i in revocable]
+        revoke_if_withdrawn(self._engine, self._gate, tenant, items[0].row.consent_type, sent, now)
         count_decisions(self._metrics, tenant, stored)
         retried = sum(1 for p in params if p["state"] == "queued")
         self._metrics.campaign_recipients(tenant, "retried", retried)
@@ -721,4 +740,4 @@ def _read(message: OutboundMessage, provider: Provider, result: Result) -> Any:
         return exc
 
 
-__all__ = ["MAX_ATTEMPTS", "RETRY_BASE", "Dispatcher", "seal_number", "unseal_number"]
+__all__ = ["MAX_ATTEMPTS", "RETRY_BASE", "Dispatcher"]

@@ -27,6 +27,8 @@ from consentgate.delivery.planner import (
 )
 from consentgate.delivery.providers.base import ProviderError, ProviderRejected
 from consentgate.delivery.registry import Registry
+from consentgate.delivery.revocation import REVOCABLE, hold, revoke_if_withdrawn
+from consentgate.delivery.sealed import seal_number
 from consentgate.delivery.sending import (
     Claim,
     Composer,
@@ -242,7 +244,21 @@ class MessageService:
                 consent_type=consent_type,
                 campaign_id=campaign_id,
             )
-        return self._finish(
+        held = None
+        if provider.name in REVOCABLE and ref is not None:
+            # Kept sealed until delivered: a withdrawal may still revoke it (delivery/revocation).
+            sealed, wrapped = seal_number(self._keys, tenant, message_id, to.value)
+            held = (
+                message_id,
+                ref,
+                consent_type,
+                provider.name,
+                receipt.provider_message_id,
+                message_id,
+                sealed,
+                wrapped,
+            )
+        answer = self._finish(
             tenant,
             message_id,
             ref,
@@ -254,7 +270,14 @@ class MessageService:
             None,
             consent_type=consent_type,
             campaign_id=campaign_id,
+            held=held,
         )
+        if held is not None and ref is not None:
+            now_us = to_micros(self._clock.now())
+            revoke_if_withdrawn(
+                self._engine, self._gate, tenant, consent_type, [(message_id, ref)], now_us
+            )
+        return answer
 
     def _claim(
         self,
@@ -333,8 +356,10 @@ class MessageService:
         *,
         consent_type: str,
         campaign_id: str | None,
+        held: tuple[str, str, str, str, str, str, bytes, bytes] | None = None,
     ) -> dict[str, Any]:
-        """Store the decision and, in the same transaction, its ``message.decided`` event."""
+        """Store the decision and, in the same transaction, its ``message.decided`` event
+        (and, for a revocable send, the sealed number: ``held``)."""
         now_us = to_micros(self._clock.now())
         outcome = Outcome(
             message_id, ref, hashed_id, decision, provider, provider_message_id, status, failure
@@ -349,5 +374,7 @@ class MessageService:
                 consent_type=consent_type,
                 campaign_id=campaign_id,
             )
+            if held is not None:
+                hold(conn, tenant, [held], now_us)
         count_decisions(self._metrics, tenant, [row])
         return response(row)

@@ -69,6 +69,7 @@ from consentgate.storage.tables import (
     devices,
     erasures,
     messages,
+    revocable_messages,
     subject_links,
     webhook_receipts,
 )
@@ -209,6 +210,10 @@ class ErasureService:
         counts["subject_links"] = gone(subject_links, subject_links.c.subject_ref == ref)
         counts["consent_state"] = gone(consent_state, consent_state.c.subject_ref == ref)
         counts["devices"] = gone(devices, devices.c.subject_ref == ref)
+        # Sealed numbers kept so a withdrawal could revoke the subject's undelivered messages.
+        counts["revocable_messages"] = gone(
+            revocable_messages, revocable_messages.c.subject_ref == ref
+        )
         recipients, message_ids = self._recipients(conn, tenant, hashes, now_us)
         counts["campaign_recipients"] = recipients
         by_recipient = sorted(message_ids)

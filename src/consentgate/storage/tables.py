@@ -267,6 +267,38 @@ campaign_recipients = Table(
     Index("ix_recipients_hashed", "tenant_id", "hashed_id"),  # 0007: erasure
 )
 
+# Revocation (0008). A message handed to a provider that can withdraw it (RBM) keeps its
+# number, sealed as in the campaign queue (``context`` is the AEAD context), until it is
+# delivered, revoked or a week old: RBM's revoke names the number in its path. state: held →
+# revoke (a withdrawal asked for it; due_us: when next to try) → row deleted.
+revocable_messages = Table(
+    "revocable_messages",
+    metadata,
+    Column("message_id", String(36), primary_key=True),  # no FK: retention deletes decisions
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), nullable=False),
+    Column("subject_ref", String(36), nullable=False),
+    Column("consent_type", String(64), nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("provider_message_id", String(200), nullable=False),
+    Column("context", String(120), nullable=False),
+    Column("sealed", LargeBinary, nullable=False),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("state", String(8), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("due_us", BigInteger, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Index("ix_revocable_subject", "tenant_id", "subject_ref", "consent_type"),
+    Index("ix_revocable_due", "state", "due_us"),
+)
+
+# How far the revoker has read each tenant's ledger for withdrawals (the next seq to read).
+revocation_cursors = Table(
+    "revocation_cursors",
+    metadata,
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), primary_key=True),
+    Column("next_seq", BigInteger, nullable=False),
+)
+
 # Outbox (0005): what CRM/CMP endpoints are to be told, written in the transaction of the
 # change it reports, and one delivery per (event, endpoint). ``order_key`` is the subject's
 # random subject_ref (``h:<hashed_id>`` for a message to someone who is no subject); ``body``
