@@ -204,6 +204,7 @@ def build(
         clock,
         scrubber,
         outbox=outbox_store.erase_subject,
+        notify=outbox.subject_erased,
         join_tokens=attribution.join_tokens,
     )
     return App(

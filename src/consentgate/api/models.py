@@ -243,6 +243,9 @@ class ErasureOut(BaseModel):
     ledger_seq: int = Field(description="The erasure's own ledger leaf")
     tree_size: int = Field(description="Size of the signed checkpoint that covers it")
     counts: dict[str, int] = Field(description="Rows deleted or unlinked, per table")
+    notified_endpoints: int = Field(
+        description="CRM/CMP endpoints the subject.erased notice is queued for"
+    )
     storage: dict[str, Any] = Field(description="What was done to purge the bytes from disk")
 
 
@@ -255,7 +258,7 @@ class CrmEndpointIn(_Strict):
         min_length=1,
         max_length=20,
         description="consent.changed, message.decided, message.delivered, message.read, "
-        "message.failed",
+        "message.failed, subject.erased",
     )
     kind: Literal["crm", "cmp"] = "crm"
 

@@ -3,7 +3,8 @@
 A replay puts a delivered or dead delivery back in the queue under the same ``webhook-id``
 (receivers de-duplicate on it), with a fresh retry budget counted from the replay. It keeps its
 place in its subject's order: a replayed older event holds back that subject's later pending
-events for the endpoint until it is delivered or dead again.
+events for the endpoint until it is delivered or dead again. An erasure notice whose body was
+purged (every delivery finished) cannot be replayed: 409.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import Engine, Select, select, update
+from sqlalchemy import Connection, Engine, Select, select, update
 
 from consentgate.domain.clock import Clock
 from consentgate.domain.timeutil import format_rfc3339, from_micros, to_micros
 from consentgate.errors import Conflict, InvalidInput, NotFound
 from consentgate.outbox import rules
+from consentgate.outbox.events import SUBJECT_ERASED, is_purged
 from consentgate.storage.engine import read_tx, write_tx
 from consentgate.storage.tables import crm_endpoints, outbox_deliveries, outbox_events
 
@@ -127,7 +129,7 @@ class DeliveryService:
         now = to_micros(self._clock.now())
         with write_tx(self._engine) as conn:
             row = conn.execute(
-                select(d.c.status, crm_endpoints.c.active)
+                select(d.c.status, d.c.event_seq, crm_endpoints.c.active)
                 .join(crm_endpoints, crm_endpoints.c.id == d.c.endpoint_id)
                 .where(d.c.tenant_id == tenant, d.c.id == ident)
             ).one_or_none()
@@ -135,6 +137,7 @@ class DeliveryService:
                 raise NotFound("no delivery with this id")
             if not row.active:
                 raise Conflict("the endpoint is disabled: register it again to receive events")
+            self._check_not_purged(conn, int(row.event_seq))
             if row.status != "pending":
                 conn.execute(
                     update(d)
@@ -150,3 +153,18 @@ class DeliveryService:
                 )
             found = conn.execute(_query().where(d.c.id == ident)).one()
         return _view(found)
+
+    @staticmethod
+    def _check_not_purged(conn: Connection, event_seq: int) -> None:
+        """Conflict if the event is an erasure notice already purged. The event is locked
+        (PostgreSQL) so a relay finishing its last other delivery either sees this replay
+        pending (and keeps the body) or purged it first (and this replay is refused)."""
+        query = select(e.c.event_type, e.c.body).where(e.c.seq == event_seq)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        event = conn.execute(query).one()
+        if event.event_type == SUBJECT_ERASED and is_purged(event.body):
+            raise Conflict(
+                "this erasure notice was purged once every delivery of it was finished: "
+                "the erased subject's hashed ids are no longer stored"
+            )

@@ -3,7 +3,8 @@
 An endpoint's signing secret (32 random bytes, shown once as ``whsec_<base64>``) is stored
 only wrapped by the key store, bound to the tenant and the endpoint id, so a database dump
 alone cannot forge webhooks. Disabling an endpoint keeps its history; its pending deliveries
-become ``dead`` (reason ``endpoint disabled``) and it receives nothing more.
+become ``dead`` (reason ``endpoint disabled``) and it receives nothing more; an erasure notice
+whose last delivery that was is purged then.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from consentgate.domain.clock import Clock
 from consentgate.domain.timeutil import format_rfc3339, from_micros, to_micros
 from consentgate.errors import InvalidInput, NotFound
 from consentgate.outbox import rules
-from consentgate.outbox.events import EVENT_TYPES
-from consentgate.outbox.store import PENDING
+from consentgate.outbox.events import EVENT_TYPES, SUBJECT_ERASED
+from consentgate.outbox.store import PENDING, purge_notices
 from consentgate.storage.engine import read_tx, write_tx
-from consentgate.storage.tables import crm_endpoints, outbox_deliveries
+from consentgate.storage.tables import crm_endpoints, outbox_deliveries, outbox_events
 
 ENDPOINT_KINDS = ("crm", "cmp")
 MAX_URL = 2000
@@ -135,6 +136,19 @@ class EndpointService:
             if row is None:
                 raise NotFound("no endpoint with this id")
             if row.active:
+                # Erasure notices this endpoint had still to receive: their last delivery may
+                # be the one going dead here.
+                notices = list(
+                    conn.execute(
+                        select(outbox_deliveries.c.event_seq)
+                        .join(outbox_events, outbox_events.c.seq == outbox_deliveries.c.event_seq)
+                        .where(
+                            outbox_deliveries.c.endpoint_id == endpoint_id,
+                            outbox_deliveries.c.status == PENDING,
+                            outbox_events.c.event_type == SUBJECT_ERASED,
+                        )
+                    ).scalars()
+                )
                 conn.execute(
                     update(crm_endpoints)
                     .where(crm_endpoints.c.id == endpoint_id)
@@ -148,6 +162,7 @@ class EndpointService:
                     )
                     .values(status="dead", claim=None, last_error="endpoint disabled")
                 )
+                purge_notices(conn, notices)
                 row = conn.execute(
                     select(crm_endpoints).where(crm_endpoints.c.id == endpoint_id)
                 ).one()

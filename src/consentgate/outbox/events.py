@@ -15,6 +15,8 @@ from typing import Any
 
 CONSENT_CHANGED = "consent.changed"
 MESSAGE_DECIDED = "message.decided"
+#: Erasure notice (GDPR Art. 17(2)/19): recipients erase their own copies of the subject.
+SUBJECT_ERASED = "subject.erased"
 #: Provider receipts, by ``message_events.kind``.
 RECEIPT_TYPES = {
     "delivered": "message.delivered",
@@ -22,7 +24,12 @@ RECEIPT_TYPES = {
     "failed": "message.failed",
 }
 #: The closed list of event types an endpoint may subscribe to.
-EVENT_TYPES: tuple[str, ...] = (CONSENT_CHANGED, MESSAGE_DECIDED, *RECEIPT_TYPES.values())
+EVENT_TYPES: tuple[str, ...] = (
+    CONSENT_CHANGED,
+    MESSAGE_DECIDED,
+    *RECEIPT_TYPES.values(),
+    SUBJECT_ERASED,
+)
 
 #: Consent events with this source originate in consentgate (STOP keywords, RBM unsubscribe):
 #: the CMP must hear of them. Every other source is the CMP's (or the business's) own event,
@@ -138,6 +145,31 @@ def message_receipt(
         },
         to_cmp=True,
     )
+
+
+def subject_erased(hashed_ids: list[str], order_key: str) -> OutboxEvent:
+    """An erasure notice: the subject's hashed ids (every salt version), so each recipient
+    erases its copies. Nothing else: a subject_ref, ledger seq or consent id would tie the
+    notice to the erasure leaf, and ``order_key`` must be a fresh random value for the same
+    reason. Sent to ``cmp`` endpoints too (the CMP holds the subject as well)."""
+    return OutboxEvent(SUBJECT_ERASED, order_key, {"hashed_ids": list(hashed_ids)}, to_cmp=True)
+
+
+def purged(event_type: str, created_at: str) -> str:
+    """What replaces an erasure notice's body once every delivery of it is finished
+    (delivered or dead): the hashed ids must not outlive the notice."""
+    return json.dumps(
+        {"type": event_type, "timestamp": created_at, "data": {"purged": True}},
+        separators=(",", ":"),
+    )
+
+
+def is_purged(body: str) -> bool:
+    try:
+        data = json.loads(body).get("data")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(data, dict) and data.get("purged") is True
 
 
 def render(event: OutboxEvent, created_at: str) -> str:

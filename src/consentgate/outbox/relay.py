@@ -12,6 +12,10 @@ Order per (endpoint, subject): a delivery is claimable only while no earlier del
 same endpoint and ``order_key`` is pending (in flight, or waiting for a retry). A subject's
 events therefore reach an endpoint one at a time, in the order they were recorded; a dead one
 stops blocking its successors.
+
+An erasure notice (``subject.erased``) carries the erased subject's hashed ids: the outcome
+transaction that finishes its last delivery also replaces its body with a purged marker
+(:func:`consentgate.outbox.store.purge_notices`).
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ from consentgate.errors import ConsentGateError
 from consentgate.observability.metrics import Metrics
 from consentgate.outbox import rules
 from consentgate.outbox.endpoints import EndpointService
+from consentgate.outbox.events import SUBJECT_ERASED
 from consentgate.outbox.sender import Request, Result, Sender
-from consentgate.outbox.store import PENDING
+from consentgate.outbox.store import PENDING, purge_notices
 from consentgate.storage.engine import single_read, write_tx
 from consentgate.storage.tables import crm_endpoints, outbox_deliveries, outbox_events
 
@@ -54,6 +59,7 @@ class Job:
     url: str
     secret: bytes | None  # None: the key store could not unwrap it
     event_type: str
+    event_seq: int
     webhook_id: str
     body: bytes
     attempts: int  # before this one
@@ -198,6 +204,7 @@ class Relay:
                     d.c.tenant_id,
                     d.c.attempts,
                     d.c.queued_us,
+                    d.c.event_seq,
                     e.c.event_id,
                     e.c.event_type,
                     e.c.body,
@@ -231,6 +238,7 @@ class Relay:
             url=r.url,
             secret=secret,
             event_type=r.event_type,
+            event_seq=int(r.event_seq),
             webhook_id=rules.webhook_id(r.event_id, r.endpoint_id),
             body=r.body.encode(),
             attempts=int(r.attempts),
@@ -314,6 +322,14 @@ class Relay:
                 conn.execute(
                     update(d).where(mine, d.c.id.in_(untried)).values(claim=None, due_us=now)
                 )
+            # Erasure notices that may just have had their last delivery finished.
+            notices = [
+                job.event_seq
+                for job, outcome in tally
+                if outcome != "failed" and job.event_type == SUBJECT_ERASED
+            ]
+            if notices:
+                purge_notices(conn, notices)
         for job, outcome in tally:
             lag = (now - job.created_us) / 1e6 if outcome == "delivered" else None
             self._metrics.webhook_delivery(job.kind, job.event_type, outcome, lag)

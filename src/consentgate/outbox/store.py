@@ -9,6 +9,9 @@ happens here, at write time: an endpoint hears of events recorded after it was r
 :func:`erase_subject` is for erasure: the payloads hold ``hashed_id`` s, which link a
 subject's ledger leaves to a person, so an erased subject's events go entirely, deliveries
 included. (Retention deletes finished events by age: ``consentgate.privacy.retention``.)
+Erasure then records a ``subject.erased`` notice (:meth:`OutboxWriter.subject_erased`), and
+only if some endpoint will receive it; :func:`purge_notices` empties a notice's body once every
+delivery of it is finished, so the hashed ids it carries do not outlive it.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
+    update,
 )
 
 from consentgate.domain.timeutil import format_rfc3339, from_micros
 from consentgate.outbox import rules
-from consentgate.outbox.events import OutboxEvent, render
+from consentgate.outbox.events import SUBJECT_ERASED, OutboxEvent, purged, render, subject_erased
 from consentgate.storage import lean
 from consentgate.storage.tables import outbox_deliveries, outbox_events
 
@@ -38,18 +42,38 @@ PENDING: ColumnElement[str] = literal_column("'pending'")
 _ACTIVE_ENDPOINTS = (
     "SELECT id, kind, event_types FROM crm_endpoints WHERE tenant_id = :t AND active = TRUE"
 )
-_INSERT_EVENT = lean.insert_sql(
-    "outbox_events",
-    ("tenant_id", "event_id", "event_type", "order_key", "to_cmp", "body", "created_us"),
+_EVENT_COLUMNS = (
+    "tenant_id",
+    "event_id",
+    "event_type",
+    "order_key",
+    "to_cmp",
+    "body",
+    "created_us",
 )
 
 
 class OutboxWriter:
     def record(
-        self, conn: Connection, tenant: str, events: Sequence[OutboxEvent], now_us: int
+        self,
+        conn: Connection,
+        tenant: str,
+        events: Sequence[OutboxEvent],
+        now_us: int,
+        *,
+        only_if_wanted: bool = False,
     ) -> int:
         """Add ``events`` (in order) and one pending delivery per subscribed endpoint; return
-        the number of deliveries queued. Runs in the caller's transaction."""
+        the number of deliveries queued. Runs in the caller's transaction. ``only_if_wanted``:
+        an event no active endpoint receives is not stored at all (otherwise it is, for the
+        record, with no delivery)."""
+        if only_if_wanted:
+            endpoints = self._endpoints(conn, tenant)
+            events = [
+                ev
+                for ev in events
+                if any(rules.wants(k, types, ev.event_type, ev.to_cmp) for _, k, types in endpoints)
+            ]
         if not events:
             return 0
         created = format_rfc3339(from_micros(now_us))
@@ -68,13 +92,10 @@ class OutboxWriter:
             }
             for i, e in enumerate(events)
         ]
-        # Lean statements (consentgate.storage.lean) for what every ingest commit runs.
-        endpoints = [
-            (endpoint_id, kind, frozenset(types.split(",")))
-            for endpoint_id, kind, types in lean.rows(conn, _ACTIVE_ENDPOINTS, {"t": tenant})
-        ]
+        if not only_if_wanted:
+            endpoints = self._endpoints(conn, tenant)
         if not endpoints:
-            lean.many(conn, _INSERT_EVENT, rows)
+            lean.insert_rows(conn, "outbox_events", _EVENT_COLUMNS, rows)
             return 0
         seqs = (
             conn.execute(
@@ -102,6 +123,61 @@ class OutboxWriter:
         if deliveries:
             conn.execute(insert(outbox_deliveries), deliveries)
         return len(deliveries)
+
+    def subject_erased(
+        self, conn: Connection, tenant: str, hashed_ids: Sequence[str], now_us: int
+    ) -> int:
+        """Record the erasure notice for a subject's ``hashed_ids`` in the erasure's
+        transaction, under a fresh random order key; return the deliveries queued. With no
+        active endpoint subscribed, nothing is stored: an undeliverable notice would only keep
+        the hashed ids."""
+        if not hashed_ids:
+            return 0
+        notice = subject_erased(sorted(hashed_ids), "e:" + secrets.token_hex(16))
+        return self.record(conn, tenant, [notice], now_us, only_if_wanted=True)
+
+    @staticmethod
+    def _endpoints(conn: Connection, tenant: str) -> list[tuple[str, str, frozenset[str]]]:
+        # Lean statements (consentgate.storage.lean) for what every ingest commit runs.
+        return [
+            (endpoint_id, kind, frozenset(types.split(",")))
+            for endpoint_id, kind, types in lean.rows(conn, _ACTIVE_ENDPOINTS, {"t": tenant})
+        ]
+
+
+def purge_notices(conn: Connection, event_seqs: Iterable[int]) -> int:
+    """Replace the body of each ``subject.erased`` event among ``event_seqs`` whose
+    deliveries are all finished (delivered or dead) with a purged marker; return how many.
+    Runs in the transaction that finished the last delivery. The events are locked first
+    (PostgreSQL), so two relays finishing a notice's last two deliveries at once cannot each
+    see the other's as still pending: the second waits, then sees the first's outcome."""
+    seqs = sorted(set(event_seqs))
+    if not seqs:
+        return 0
+    e, d = outbox_events, outbox_deliveries
+    query = select(e.c.seq, e.c.created_us).where(
+        e.c.seq.in_(seqs), e.c.event_type == SUBJECT_ERASED
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.order_by(e.c.seq).with_for_update()
+    locked = conn.execute(query).all()
+    if not locked:
+        return 0
+    open_ = set(
+        conn.execute(
+            select(d.c.event_seq)
+            .where(d.c.event_seq.in_([r.seq for r in locked]), d.c.status == PENDING)
+            .distinct()
+        ).scalars()
+    )
+    done = [r for r in locked if r.seq not in open_]
+    for r in done:
+        conn.execute(
+            update(e)
+            .where(e.c.seq == r.seq)
+            .values(body=purged(SUBJECT_ERASED, format_rfc3339(from_micros(r.created_us))))
+        )
+    return len(done)
 
 
 def erase_subject(

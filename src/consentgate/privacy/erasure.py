@@ -20,7 +20,9 @@ What goes, per table:
   (the provider's own records map those to the number).
 * ``webhook_receipts``: the cached answers to CMP webhooks name hashed ids; scrubbed.
 * ``analytics_conversions``: join tokens are HMACs of the hashed id; the subject's are deleted.
-* outbox events of the subject: handed to the outbox (``erase_subject``).
+* outbox events of the subject: handed to the outbox (``erase_subject``). Then, in the same
+  transaction, the ``subject.erased`` notice for the CRM/CMP endpoints (Art. 17(2)/19): the
+  subject's hashed ids only, under a random order key, and only if an endpoint subscribes.
 
 After the commit the gate's cache is evicted (other processes through NOTIFY, sent in the
 transaction) and the deleted bytes are pushed out of the files (:mod:`privacy.scrub`).
@@ -80,6 +82,9 @@ log = logging.getLogger("consentgate.privacy")
 # (conn, tenant, subject_ref, hashed_ids) → outbox events removed (with their deliveries);
 # runs inside the erasure's transaction.
 OutboxEraser = Callable[[Connection, str, str, list[str]], int]
+# (conn, tenant, hashed_ids, now_us) → deliveries of the erasure notice queued (0: none
+# subscribes, nothing stored); runs inside the erasure's transaction, after OutboxEraser.
+ErasureNotifier = Callable[[Connection, str, list[str], int], int]
 # (keystore, tenant, month, hashed_ids) → the month's join tokens of those ids.
 JoinTokens = Callable[[KeyStore, str, str, list[str]], list[str]]
 
@@ -93,6 +98,7 @@ class ErasureReport:
     tree_size: int
     counts: dict[str, int]
     storage: dict[str, Any]
+    notified_endpoints: int = 0  # endpoints the subject.erased notice is queued for
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +106,7 @@ class ErasureReport:
             "ledger_seq": self.ledger_seq,
             "tree_size": self.tree_size,
             "counts": self.counts,
+            "notified_endpoints": self.notified_endpoints,
             "storage": self.storage,
         }
 
@@ -148,6 +155,7 @@ class ErasureService:
         scrubber: StorageScrubber,
         *,
         outbox: OutboxEraser | None = None,
+        notify: ErasureNotifier | None = None,
         join_tokens: JoinTokens | None = None,
     ) -> None:
         self._engine = engine
@@ -159,6 +167,7 @@ class ErasureService:
         self._clock = clock
         self._scrubber = scrubber
         self._outbox = outbox
+        self._notify = notify
         self._join_tokens = join_tokens
 
     def erase(self, tenant: str, hashed_id: str) -> ErasureReport:
@@ -185,6 +194,7 @@ class ErasureService:
                 ).scalars()
             )
             counts = self._delete(conn, tenant, ref, hashes, now_us)
+            notified = 0 if self._notify is None else self._notify(conn, tenant, hashes, now_us)
             seq, tree_size = self._record(conn, tenant, head, ref, now_us, format_rfc3339(now))
             keys = sorted((ref, p) for p in catalogue | purposes)
             if conn.dialect.name == "postgresql":
@@ -195,7 +205,7 @@ class ErasureService:
             touched.append("outbox_deliveries")
         storage = self._scrubber.after_delete(touched)
         log.info("erased a subject of tenant %s (ledger seq %d)", tenant, seq)
-        return ErasureReport(seq, tree_size, counts, storage)
+        return ErasureReport(seq, tree_size, counts, storage, notified)
 
     def _delete(
         self, conn: Connection, tenant: str, ref: str, hashes: list[str], now_us: int

@@ -28,7 +28,8 @@ def erase(hashed_id: str, request: Request, principal: Admin) -> Any:
     """Erase a subject: delete its hashed-id links (every salt version), consent state,
     devices, queued identifiers and the links of its send decisions, scrub cached answers and
     outbox events, and record the erasure as a ledger leaf. The ledger's leaves stay (with
-    random refs), so every proof still verifies. A second call answers 404."""
+    random refs), so every proof still verifies. Endpoints subscribed to ``subject.erased``
+    are sent the subject's hashed ids, to erase their copies. A second call answers 404."""
     return get_app(request).erasure.erase(principal.tenant, hashed_id).as_dict()
 
 
