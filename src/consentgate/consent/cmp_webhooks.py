@@ -35,9 +35,7 @@ _STORED = (
     "SELECT webhook_id, status_code, response FROM webhook_receipts "
     "WHERE tenant_id = :t AND webhook_id IN ({})"
 )
-_REMEMBER = lean.insert_sql(
-    "webhook_receipts", ("tenant_id", "webhook_id", "status_code", "response", "received_us")
-)
+_ANSWER_COLUMNS = ("tenant_id", "webhook_id", "status_code", "response", "received_us")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,21 +129,11 @@ class CmpWebhookService:
         pending = _Pending(webhook_id)
 
         def remember(conn: Connection, results: list[IngestResult]) -> None:
-            # The answer is stored in the transaction that records the events.
+            # The answer, stored by _store_answers in the transaction that records the events.
             status = 201 if any(r.created for r in results) else 200
-            response = {"events": [r.as_dict() for r in results]}
-            lean.run(
-                conn,
-                _REMEMBER,
-                {
-                    "tenant_id": tenant,
-                    "webhook_id": webhook_id,
-                    "status_code": status,
-                    "response": json.dumps(response),
-                    "received_us": to_micros(self._clock.now()),
-                },
+            pending.outcome = WebhookOutcome(
+                status, {"events": [r.as_dict() for r in results]}, False
             )
-            pending.outcome = WebhookOutcome(status, response, False)
 
         pending.prepared = self._ingest.prepare(
             tenant,
@@ -228,7 +216,29 @@ class CmpWebhookService:
                 answers[i] = prepared
             else:
                 pending.append((i, prepared))
-        results = self._committer.commit_now(tenant, [p.prepared for _, p in pending])
+        by_request = {id(p.prepared): p for _, p in pending}
+
+        def store_answers(conn: Connection, requests: list[Prepared]) -> None:
+            """Every answer of this transaction in one statement, with what it recorded."""
+            now_us = to_micros(self._clock.now())
+            rows = []
+            for request in requests:
+                done = by_request[id(request)]
+                assert done.outcome is not None
+                rows.append(
+                    {
+                        "tenant_id": tenant,
+                        "webhook_id": done.webhook_id,
+                        "status_code": done.outcome.status,
+                        "response": json.dumps(done.outcome.body),
+                        "received_us": now_us,
+                    }
+                )
+            lean.insert_rows(conn, "webhook_receipts", _ANSWER_COLUMNS, rows)
+
+        results = self._committer.commit_now(
+            tenant, [p.prepared for _, p in pending], store_answers
+        )
         for (i, p), result in zip(pending, results, strict=True):
             if isinstance(result, IntegrityError):
                 # The same webhook-id raced us from another process and won: answer as it did.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from consentgate.consent.ingest import IngestResult, IngestService, Prepared
+from consentgate.consent.ingest import Finish, IngestResult, IngestService, Prepared
 
 
 @dataclass(eq=False)
@@ -53,22 +53,23 @@ class GroupCommitter:
         return slot.result
 
     def commit_now(
-        self, tenant: str, requests: list[Prepared]
+        self, tenant: str, requests: list[Prepared], finish: Finish | None = None
     ) -> list[list[IngestResult] | BaseException]:
         """Commit ``requests`` in this thread, already grouped by the caller (e.g. webhook
         deliveries that arrived together): one transaction per ``max_events``, each request
-        alone if its group fails. Each request's results, or its error."""
+        alone if its group fails; ``finish`` runs in each of those transactions (see
+        :meth:`IngestService.commit`). Each request's results, or its error."""
         slots = [_Slot(r) for r in requests]
         group: list[_Slot] = []
         taken = 0
         for slot in slots:
             if group and taken + len(slot.request.checked) > self._max_events:
-                self._run(tenant, group)
+                self._run(tenant, group, finish)
                 group, taken = [], 0
             group.append(slot)
             taken += len(slot.request.checked)
         if group:
-            self._run(tenant, group)
+            self._run(tenant, group, finish)
         return [s.error if s.error is not None else (s.result or []) for s in slots]
 
     def _lead(self, tenant: str) -> None:
@@ -95,16 +96,16 @@ class GroupCommitter:
             for slot in group:
                 slot.wake.set()
 
-    def _run(self, tenant: str, group: list[_Slot]) -> None:
+    def _run(self, tenant: str, group: list[_Slot], finish: Finish | None = None) -> None:
         try:
-            answers = self._ingest.commit(tenant, [s.request for s in group])
+            answers = self._ingest.commit(tenant, [s.request for s in group], finish)
         except BaseException as exc:
             if len(group) == 1:
                 group[0].error, group[0].done = exc, True
                 return
             for slot in group:  # isolate the failure: each request on its own
                 try:
-                    slot.result = self._ingest.commit(tenant, [slot.request])[0]
+                    slot.result = self._ingest.commit(tenant, [slot.request], finish)[0]
                 except BaseException as own:
                     slot.error = own
                 slot.done = True

@@ -110,6 +110,10 @@ class Prepared:
     within: Callable[[Connection, list[IngestResult]], None] | None = None
 
 
+# Runs once per commit, in its transaction, with the requests it holds.
+Finish = Callable[[Connection, list[Prepared]], None]
+
+
 class IngestService:
     def __init__(
         self,
@@ -261,9 +265,13 @@ class IngestService:
         self._check_receipts(tenant, checked)
         return Prepared(checked, within)
 
-    def commit(self, tenant: str, requests: list[Prepared]) -> list[list[IngestResult]]:
+    def commit(
+        self, tenant: str, requests: list[Prepared], finish: Finish | None = None
+    ) -> list[list[IngestResult]]:
         """Record prepared requests in ONE transaction (one fsync, one checkpoint): all of
-        them or, on any error, none. Results per request, in request order."""
+        them or, on any error, none. Results per request, in request order. ``finish`` runs
+        once in the transaction, after each request's ``within``, with all of them (e.g. to
+        store every answer in one statement)."""
         checked = [c for r in requests for c in r.checked]
         owner = [n for n, r in enumerate(requests) for _ in r.checked]
         # Re-index across requests; each event keeps its own ``where`` for error messages.
@@ -367,6 +375,8 @@ class IngestService:
             for request, answer in zip(requests, per_request, strict=True):
                 if request.within is not None:
                     request.within(conn, answer)
+            if finish is not None:
+                finish(conn, requests)
         if changed_keys:
             for listener in self._listeners:
                 listener(tenant, changed_keys)
@@ -520,17 +530,15 @@ def upsert_state(
                 "updated_us": now_us,
             }
         )
-    lean.many(conn, _UPSERT_STATE, rows)
+    lean.insert_rows(conn, "consent_state", _STATE_KEY + _STATE_VALUES, rows, _ON_STATE_CONFLICT)
 
 
 # Same text on SQLite and PostgreSQL. A lean statement: built as an expression, it cost more
 # than the rest of a single-event commit (the ``excluded`` namespace alone is rebuilt per use).
 _STATE_KEY = ("tenant_id", "subject_ref", "consent_type")
 _STATE_VALUES = ("status", "effective_us", "event_seq", "consent_id", "expires_us", "updated_us")
-_UPSERT_STATE = (
-    lean.insert_sql("consent_state", _STATE_KEY + _STATE_VALUES)
-    + f" ON CONFLICT ({', '.join(_STATE_KEY)}) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _STATE_VALUES)
+_ON_STATE_CONFLICT = f" ON CONFLICT ({', '.join(_STATE_KEY)}) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}" for c in _STATE_VALUES
 )
 
 

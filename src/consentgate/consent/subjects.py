@@ -21,9 +21,7 @@ from consentgate.errors import Conflict, InvalidInput, NotFound
 from consentgate.storage import lean
 
 _HASHED_ID = re.compile(r"^[0-9a-f]{64}$")
-_INSERT_LINK = lean.insert_sql(
-    "subject_links", ("tenant_id", "hashed_id", "salt_version", "subject_ref", "created_us")
-)
+_LINK_COLUMNS = ("tenant_id", "hashed_id", "salt_version", "subject_ref", "created_us")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +108,7 @@ class SubjectLinks:
                     "created_us": now_us,
                 }
             refs.append(ref)
-        lean.many(conn, _INSERT_LINK, list(new_rows.values()))
+        lean.insert_rows(conn, "subject_links", _LINK_COLUMNS, list(new_rows.values()))
         return refs
 
     def known_hashed(self, conn: Connection, tenant: str, hashed_ids: list[str]) -> dict[str, str]:

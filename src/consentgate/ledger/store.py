@@ -28,24 +28,21 @@ _LOCK_HEAD_PG = _LOCK_HEAD + " FOR UPDATE"
 _MOVE_HEAD = (
     "UPDATE ledger_heads SET tree_size = :s, root_hash = :r, frontier = :f WHERE tenant_id = :t"
 )
-_INSERT_ENTRY = lean.insert_sql(
-    "ledger_entries",
-    (
-        "tenant_id",
-        "seq",
-        "event_id",
-        "subject_ref",
-        "consent_type",
-        "status",
-        "ts_us",
-        "received_us",
-        "consent_id",
-        "content_hash",
-        "leaf",
-        "leaf_hash",
-    ),
+_ENTRY_COLUMNS = (
+    "tenant_id",
+    "seq",
+    "event_id",
+    "subject_ref",
+    "consent_type",
+    "status",
+    "ts_us",
+    "received_us",
+    "consent_id",
+    "content_hash",
+    "leaf",
+    "leaf_hash",
 )
-_INSERT_NODE = lean.insert_sql("ledger_nodes", ("tenant_id", "level", "idx", "hash"))
+_NODE_COLUMNS = ("tenant_id", "level", "idx", "hash")
 _INSERT_CHECKPOINT = lean.insert_sql(
     "checkpoints", ("tenant_id", "tree_size", "root_hash", "note", "kid", "created_us")
 )
@@ -157,8 +154,8 @@ class LedgerStore:
             for (level, idx), value in frontier.append(digest):
                 node_rows.append({"tenant_id": tenant, "level": level, "idx": idx, "hash": value})
         # Lean statements (consentgate.storage.lean): this runs in every ingest commit.
-        lean.many(conn, _INSERT_ENTRY, leaf_rows)
-        lean.many(conn, _INSERT_NODE, node_rows)
+        lean.insert_rows(conn, "ledger_entries", _ENTRY_COLUMNS, leaf_rows)
+        lean.insert_rows(conn, "ledger_nodes", _NODE_COLUMNS, node_rows)
         root = frontier.root()
         lean.run(
             conn,
