@@ -271,7 +271,9 @@ class LocalKeyStore:
 
     # -- KeyStore ----------------------------------------------------------------------------
     def has_tenant(self, tenant: str) -> bool:
-        return self._path(tenant).exists()
+        # Key files are never deleted: a tenant whose keys are loaded needs no stat (this
+        # runs for every signed webhook).
+        return tenant in self._cache or self._path(tenant).exists()
 
     def create_tenant(self, tenant: str) -> str:
         with self._exclusive(tenant):
