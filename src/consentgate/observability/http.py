@@ -71,18 +71,26 @@ class AccessLog:
             method = str(scope.get("method", ""))
             if self.metrics is not None:
                 self.metrics.http_request(method, route, status, seconds)
-            log.info(
-                "%s %s %d",
-                method,
-                route,
-                status,
-                extra={
-                    "method": method,
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 3),
-                },
-            )
+            if log.isEnabledFor(logging.INFO):
+                # The record made directly: Logger.info would also look up the caller's
+                # file and line (a stack walk per request) that no formatter here prints.
+                log.handle(
+                    log.makeRecord(
+                        log.name,
+                        logging.INFO,
+                        __file__,
+                        0,
+                        "%s %s %d",
+                        (method, route, status),
+                        None,
+                        extra={
+                            "method": method,
+                            "route": route,
+                            "status": status,
+                            "duration_ms": round(seconds * 1000, 3),
+                        },
+                    )
+                )
             request_id.reset(token)
 
 
