@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -121,20 +122,28 @@ def insert_rows(
         many(conn, insert_sql(table, columns) + suffix, rows)
         return
     per = max(1, 30_000 // len(columns))  # PostgreSQL takes up to 65,535 parameters
-    group = "(" + ", ".join(["%s"] * len(columns)) + ")"
     for start in range(0, len(rows), per):
         chunk = rows[start : start + per]
-        sql = (
-            f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608 — names are ours
-            f"VALUES {', '.join([group] * len(chunk))}{suffix.replace('%', '%%')}"
-        )
+        sql = _multi_insert(table, tuple(columns), suffix, len(chunk))
         params = [row[c] for row in chunk for c in columns]
         with _translated(conn, sql, params):
-            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            cursor = psycopg.RawCursor(conn.connection.driver_connection)  # type: ignore[arg-type]
             try:
                 cursor.execute(sql, params)
             finally:
                 cursor.close()
+
+
+@lru_cache(maxsize=256)
+def _multi_insert(table: str, columns: tuple[str, ...], suffix: str, n: int) -> str:
+    """PostgreSQL text of an ``n``-row insert with native ``$n`` placeholders, run through
+    a RawCursor: psycopg parses a ``%s`` query in Python on every execute once it has more
+    than 50 parameters (it caches only smaller ones)."""
+    width = len(columns)
+    values = ", ".join(
+        "(" + ", ".join(f"${r * width + c + 1}" for c in range(width)) + ")" for r in range(n)
+    )
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}{suffix}"  # noqa: S608
 
 
 def insert_sql(table: str, columns: Sequence[str]) -> str:
