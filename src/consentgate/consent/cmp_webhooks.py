@@ -24,7 +24,7 @@ from consentgate.domain.clock import Clock
 from consentgate.domain.timeutil import to_micros
 from consentgate.errors import InvalidInput, NotFound, Unauthenticated
 from consentgate.storage import lean
-from consentgate.storage.engine import single_read
+from consentgate.storage.engine import translated
 from consentgate.tenants.service import TenantService
 
 # An adapter: (tenant, parsed JSON payload) → (events, is_batch). Raises InvalidInput or
@@ -90,12 +90,13 @@ class CmpWebhookService:
         """The stored answers of those ``webhook_ids`` already handled (one lean read)."""
         found: dict[str, WebhookOutcome] = {}
         unique = sorted(set(webhook_ids))
-        with single_read(self._engine) as conn:
-            for start in range(0, len(unique), 500):
-                params: dict[str, Any] = {"t": tenant}
-                marks = lean.placeholders("w", unique[start : start + 500], params)
-                for webhook_id, status, response in lean.rows(conn, _STORED.format(marks), params):
-                    found[webhook_id] = WebhookOutcome(int(status), json.loads(response), True)
+        for start in range(0, len(unique), 500):
+            params: dict[str, Any] = {"t": tenant}
+            marks = lean.placeholders("w", unique[start : start + 500], params)
+            with translated():
+                answers = lean.read(self._engine, _STORED.format(marks), params)
+            for webhook_id, status, response in answers:
+                found[webhook_id] = WebhookOutcome(int(status), json.loads(response), True)
         return found
 
     def _authenticate(

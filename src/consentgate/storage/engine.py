@@ -167,6 +167,9 @@ def _translated() -> Iterator[None]:
         raise
 
 
+translated = _translated  # for reads made outside these context managers (storage.lean)
+
+
 def alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(resources.files("consentgate") / "migrations"))

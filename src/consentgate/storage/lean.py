@@ -23,7 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
@@ -77,6 +77,44 @@ def rows(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[Row]:
             return list(cursor.fetchall()) if cursor.description is not None else []
         finally:
             cursor.close()
+
+
+def read(engine: Engine, sql: str, params: Mapping[str, Any]) -> list[Row]:
+    """One read statement on a pooled driver connection, outside any transaction (SQLite's
+    driver runs in autocommit here; PostgreSQL's is switched to it for the statement): a
+    single statement sees one snapshot either way, and there is no BEGIN/COMMIT to pay."""
+    text = _for_dialect(sql, engine.dialect.name)
+    raw = engine.raw_connection()
+    try:
+        driver = raw.driver_connection
+        postgres = engine.dialect.name == "postgresql"
+        if postgres:
+            driver.autocommit = True  # type: ignore[union-attr]
+        try:
+            cursor = raw.cursor()
+            try:
+                cursor.execute(text, params)
+                return list(cursor.fetchall())
+            finally:
+                cursor.close()
+        finally:
+            if postgres:
+                driver.autocommit = False  # type: ignore[union-attr]
+    except engine.dialect.loaded_dbapi.Error as exc:
+        disconnected = engine.dialect.is_disconnect(exc, raw.dbapi_connection, None)
+        if disconnected:
+            raw.invalidate(exc)
+        raise DBAPIError.instance(
+            text,
+            params,
+            exc,
+            engine.dialect.loaded_dbapi.Error,
+            hide_parameters=True,
+            connection_invalidated=disconnected,
+            dialect=engine.dialect,
+        ) from exc
+    finally:
+        raw.close()
 
 
 def run(conn: Connection, sql: str, params: Mapping[str, Any]) -> int:
