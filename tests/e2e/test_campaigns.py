@@ -4,9 +4,10 @@ pre-filter, background dispatch with a re-check, and a withdrawal racing the dis
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import sqlalchemy as sa
@@ -113,3 +114,68 @@ def test_campaign_end_to_end(server: Server) -> None:
     needles |= {("0" + p[3:]).encode() for p in GRANTED + UNKNOWN + WITHDRAWN}
     leaks = [(f.name, n) for f in files for n in needles if n in f.read_bytes()]
     assert leaks == []
+
+
+def _wait(check: Callable[[], bool], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_withdrawal_revokes_undelivered_messages_over_http(server: Server) -> None:
+    """Sent, not yet delivered: a withdrawal (by API, or a STOP reply through the carrier)
+    revokes the RBM message at the carrier, which then never delivers it; the others are
+    delivered as usual. Campaign sends and a single POST /v1/messages alike."""
+    acme = server.create_tenant("acme")
+    by_api, by_stop, kept, single = GRANTED[:4]
+    sandbox = httpx.Client(base_url=f"{server.url}/sandbox", timeout=10)
+    devices = [{"phone": p, "rcs": True, "native_e2ee": False} for p in GRANTED[:4]]
+    sandbox.put("/devices", json={"devices": devices}).raise_for_status()
+    with server.client(acme["api_key"]) as http:
+        events = _events(GRANTED[:4], "granted", 1)
+        assert http.post("/v1/consent-events", json={"events": events}).status_code == 201
+        template = http.post(
+            "/v1/templates", json={"name": "sale", "text": "Our sale starts now"}
+        ).json()["template_id"]
+        cid = http.post(
+            "/v1/campaigns", json={"template_id": template, "consent_type": "marketing_rcs"}
+        ).json()["campaign_id"]
+        body = "phone\n" + "\n".join([by_api, by_stop, kept]) + "\n"
+        upload = http.put(
+            f"/v1/campaigns/{cid}/audience", content=body, headers={"content-type": "text/csv"}
+        )
+        assert upload.status_code == 200
+        assert http.post(f"/v1/campaigns/{cid}/send").status_code == 200
+        _wait(lambda: http.get(f"/v1/campaigns/{cid}").json()["status"] == "done")
+        one = http.post(
+            "/v1/messages",
+            json={
+                "to": single,
+                "consent_type": "marketing_rcs",
+                "template_id": template,
+                "variables": {},
+                "idempotency_key": "single-1",
+            },
+        )
+        assert one.status_code == 200 and one.json()["decision"]["action"] == "fallback"
+
+        def carried() -> dict[str, dict[str, Any]]:
+            return {m["to"]: m for m in sandbox.get("/messages").json()["messages"]}
+
+        assert {m["status"] for m in carried().values()} == {"accepted"}
+        withdrawn = _events([by_api, single], "withdrawn", 2)
+        assert http.post("/v1/consent-events", json={"events": withdrawn}).status_code == 201
+        stop = sandbox.post("/inbound", json={"from": by_stop, "text": "STOP"})
+        assert stop.status_code == 200, stop.text
+        _wait(lambda: all(carried()[p]["status"] == "revoked" for p in (by_api, by_stop, single)))
+        assert sandbox.post("/deliveries/flush").json()["delivered"] == 1  # only `kept`
+        final = carried()
+        assert final[kept]["status"] == "delivered"
+        assert {final[p]["status"] for p in (by_api, by_stop, single)} == {"revoked"}
+        for phone in (by_api, by_stop, single):
+            message = http.get(f"/v1/messages/{final[phone]['provider_message_id']}").json()
+            assert message["status"] == "revoked"
+            assert [e["kind"] for e in message["events"]] == ["revoked"]
+        kept_message = http.get(f"/v1/messages/{final[kept]['provider_message_id']}").json()
+        assert kept_message["status"] == "delivered"

@@ -22,6 +22,7 @@ from consentgate.consent.ingest import EventInput
 from consentgate.delivery.dispatch import _Item
 from consentgate.delivery.templates import Template
 from consentgate.domain.clock import FixedClock
+from consentgate.errors import InvalidInput
 from consentgate.sandbox import create_sandbox
 from consentgate.sandbox.fastpath import RbmFastPath
 from consentgate.storage.tables import (
@@ -330,3 +331,13 @@ def test_revocation_tables_match_the_migration(app: App) -> None:
     with app.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert [d for d in diff if "revoca" in repr(d)] == []
+
+
+def test_a_campaign_template_with_pii_tokens_is_refused(app: App) -> None:
+    """An audience carries numbers only: nothing could fill {{first_name}} per recipient."""
+    template = app.registry.create_template(
+        "acme", Template(str(uuid.uuid4()), "t", "Hi {{first_name}}", None, False)
+    )
+    with pytest.raises(InvalidInput) as refused:
+        app.campaigns.create("acme", template, PURPOSE)
+    assert refused.value.field == "template_id"

@@ -109,9 +109,16 @@ class CampaignService:
         if consent_type not in self._tenants.catalogue(tenant):
             raise InvalidInput("unknown consent_type", field="consent_type")
         try:
-            self._registry.template(tenant, template_id)
+            template = self._registry.template(tenant, template_id)
         except NotFound:
             raise InvalidInput("template_id names no template", field="template_id") from None
+        if template.tokens:
+            # An audience is numbers only: nothing could fill the tokens of a recipient.
+            raise InvalidInput(
+                "a campaign's template cannot have PII tokens (the audience carries no "
+                "variables); use a template without {{...}} or POST /v1/messages",
+                field="template_id",
+            )
         campaign_id, now = str(uuid.uuid4()), self._now()
         with write_tx(self._engine) as conn:
             conn.execute(

@@ -282,12 +282,16 @@ class Dispatcher:
         self._record(tenant, items)
 
     def _template(self, tenant: str, template_id: str, consent_type: str) -> Template | None:
+        """The campaign's template, or None when it cannot be sent as stored (removed, its
+        purpose gone, or tokens nothing fills): its recipients are then settled, not retried."""
         try:
             if consent_type not in self._tenants.catalogue(tenant):
                 return None
-            return self._registry.template(tenant, template_id)
-        except (NotFound, ConsentGateError):
+            template = self._registry.template(tenant, template_id)
+            self._composer.content(template, {})
+        except (NotFound, ConsentGateError, ValueError):
             return None
+        return template
 
     def _unseal(self, tenant: str, item: _Item) -> bool:
         r = item.row
