@@ -37,6 +37,7 @@ from typing import Any, NamedTuple, cast
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
 from consentgate.crypto.keystore import KeyStore
+from consentgate.delivery import bulk
 from consentgate.delivery.planner import (
     CapabilityReport,
     ConsentCheck,
@@ -131,8 +132,7 @@ _KEY_COLUMNS = (
     "created_us",
     "updated_us",
 )
-# A key already taken keeps its row: the rule for it is the single send's (existing_claim).
-_CLAIM_KEY = lean.insert_sql("messages", _KEY_COLUMNS) + " ON CONFLICT DO NOTHING"
+_RECIPIENT_KEY = {"campaign_id": "varchar", "seq": "bigint"}
 _HELD = (
     "SELECT id, idempotency_key, request_hash, status, updated_us, action, mode, reason, "
     "device_kid, consent_seq FROM messages WHERE tenant_id = :tenant AND idempotency_key IN "
@@ -243,19 +243,21 @@ class Dispatcher:
             rows = conn.execute(due).all()
             if not rows:
                 return []
-            lean.many(
+            bulk.update_rows(
                 conn,
-                "UPDATE campaign_recipients SET state = 'claimed', due_us = :lease, "
-                "attempts = :attempts WHERE campaign_id = :campaign AND seq = :seq",
+                "campaign_recipients",
+                _RECIPIENT_KEY,
+                {"due_us": "bigint", "attempts": "integer"},
                 [
                     {
-                        "campaign": r.campaign_id,
+                        "campaign_id": r.campaign_id,
                         "seq": r.seq,
                         "attempts": r.attempts + 1,
-                        "lease": lease,
+                        "due_us": lease,
                     }
                     for r in rows
                 ],
+                fixed="state = 'claimed'",
             )
             for campaign_id in {r.campaign_id for r in rows}:
                 conn.execute(
@@ -340,7 +342,7 @@ class Dispatcher:
         ]
         sending: list[_Item] = []
         with write_tx(self._engine) as conn:
-            lean.many(conn, _CLAIM_KEY, rows)
+            bulk.insert_rows(conn, "messages", _KEY_COLUMNS, rows, "ON CONFLICT DO NOTHING")
             stored: dict[str, _Held] = {}
             keys = list(mine)
             for start in range(0, len(keys), 900):
@@ -604,7 +606,7 @@ class Dispatcher:
                 row = item.answer if item.answer is not None else by_id.get(str(item.message_id))
                 values = item.values if item.values else self._settled(item, row, now)
                 params.append(_recipient_params(item.row, values))
-            lean.many(conn, _RECIPIENT, params)
+            bulk.update_rows(conn, "campaign_recipients", _RECIPIENT_KEY, _RECIPIENT, params)
             lost = [i for i in items if i.values == _DONE_NO_MESSAGE]  # dicts, by value
             self._decided_without_message(conn, tenant, lost, now)
             revocable = [
@@ -707,27 +709,32 @@ class Dispatcher:
                     )
 
 
-_RECIPIENT = (
-    "UPDATE campaign_recipients SET state = :state, due_us = :due, action = :action, "
-    "mode = :mode, reason = :reason, message_id = :message, sealed = :sealed, "
-    "wrapped_key = :wrapped WHERE campaign_id = :campaign AND seq = :seq"
-)
+_RECIPIENT = {
+    "state": "varchar",
+    "due_us": "bigint",
+    "action": "varchar",
+    "mode": "varchar",
+    "reason": "varchar",
+    "message_id": "varchar",
+    "sealed": "bytea",
+    "wrapped_key": "bytea",
+}
 
 
 def _recipient_params(row: Any, values: dict[str, Any]) -> dict[str, Any]:
     """One recipient's new state; the number is purged once it is done."""
     done = values["state"] == "done"
     return {
-        "campaign": row.campaign_id,
+        "campaign_id": row.campaign_id,
         "seq": row.seq,
         "state": values["state"],
-        "due": values.get("due_us", row.due_us),
+        "due_us": values.get("due_us", row.due_us),
         "action": values.get("action"),
         "mode": values.get("mode"),
         "reason": values.get("reason"),
-        "message": values.get("message_id"),
+        "message_id": values.get("message_id"),
         "sealed": None if done else row.sealed,
-        "wrapped": None if done else row.wrapped_key,
+        "wrapped_key": None if done else row.wrapped_key,
     }
 
 

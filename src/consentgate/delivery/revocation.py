@@ -33,6 +33,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from consentgate.crypto.keystore import KeyStore
+from consentgate.delivery import bulk
 from consentgate.delivery.providers.base import Provider, ProviderError, ProviderUnavailable
 from consentgate.delivery.sealed import unseal_number
 from consentgate.domain.clock import Clock
@@ -66,7 +67,6 @@ _HOLD_COLUMNS = (
     "due_us",
     "created_us",
 )
-_HOLD = lean.insert_sql("revocable_messages", _HOLD_COLUMNS) + " ON CONFLICT DO NOTHING"
 _BEHIND = (
     "SELECT h.tenant_id, h.tree_size, c.next_seq FROM ledger_heads h "
     "LEFT JOIN revocation_cursors c ON c.tenant_id = h.tenant_id "
@@ -113,13 +113,15 @@ def hold(
 ) -> None:
     """Keep sent messages revocable: (message_id, subject_ref, consent_type, provider,
     provider_message_id, context, sealed, wrapped_key) each; in the caller's transaction."""
-    lean.many(
+    bulk.insert_rows(
         conn,
-        _HOLD,
+        "revocable_messages",
+        _HOLD_COLUMNS,
         [
             dict(zip(_HOLD_COLUMNS, (r[0], tenant, *r[1:], "held", 0, now_us, now_us), strict=True))
             for r in rows
         ],
+        "ON CONFLICT DO NOTHING",
     )
 
 

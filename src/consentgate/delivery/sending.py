@@ -21,6 +21,7 @@ from sqlalchemy import Connection
 
 from consentgate.crypto.envelope import seal
 from consentgate.crypto.keystore import KeyStore
+from consentgate.delivery import bulk
 from consentgate.delivery.planner import CapabilityReport, DeliveryMode, SendDecision
 from consentgate.delivery.providers.base import OutboundMessage, Provider
 from consentgate.delivery.templates import Template, redact, render, secure_link_text
@@ -28,7 +29,6 @@ from consentgate.domain.reasons import ReasonCode
 from consentgate.observability.metrics import Metrics
 from consentgate.outbox import events as outbox_events
 from consentgate.outbox.store import OutboxWriter
-from consentgate.storage import lean
 
 ENVELOPE_TTL = timedelta(days=7)
 TEASER = "You have a new secure message."
@@ -194,12 +194,19 @@ class Stored:
     campaign_id: str | None
 
 
-_FINISH = (
-    "UPDATE messages SET subject_ref = :ref, action = :action, mode = :mode, "
-    "reason = :reason, device_kid = :kid, consent_seq = :seq, provider = :provider, "
-    "provider_message_id = :pmid, status = :status, updated_us = :now "
-    "WHERE tenant_id = :tenant AND id = :id"
-)
+_FINISH_KEY = {"tenant_id": "varchar", "id": "varchar"}
+_FINISH = {
+    "subject_ref": "varchar",
+    "action": "varchar",
+    "mode": "varchar",
+    "reason": "varchar",
+    "device_kid": "varchar",
+    "consent_seq": "bigint",
+    "provider": "varchar",
+    "provider_message_id": "varchar",
+    "status": "varchar",
+    "updated_us": "bigint",
+}
 
 
 def record_outcomes(
@@ -235,21 +242,21 @@ def record_outcomes(
         stored.append(row)
         params.append(
             {
-                "tenant": tenant,
+                "tenant_id": tenant,
                 "id": row.id,
-                "ref": o.subject_ref,
+                "subject_ref": o.subject_ref,
                 "action": row.action,
                 "mode": row.mode,
                 "reason": row.reason,
-                "kid": row.device_kid,
-                "seq": row.consent_seq,
+                "device_kid": row.device_kid,
+                "consent_seq": row.consent_seq,
                 "provider": o.provider,
-                "pmid": o.provider_message_id,
+                "provider_message_id": o.provider_message_id,
                 "status": row.status,
-                "now": now_us,
+                "updated_us": now_us,
             }
         )
-    lean.many(conn, _FINISH, params)
+    bulk.update_rows(conn, "messages", _FINISH_KEY, _FINISH, params)
     if outbox is not None:
         events = [
             outbox_events.message_decided(
