@@ -120,6 +120,7 @@ class App:
             self._worker.stop()
         if self._listener is not None:
             self._listener.stop()
+        self.cmp_webhooks.close()  # answers the webhooks still queued, then its thread ends
         self.engine.dispose()
 
 
