@@ -19,7 +19,7 @@ from sqlalchemy import func, select, text
 from consentgate.bootstrap import App, build
 from consentgate.config import load_settings
 from consentgate.consent.ingest import EventInput
-from consentgate.delivery.dispatch import _Item
+from consentgate.delivery.settle import Recipient
 from consentgate.delivery.templates import Template
 from consentgate.domain.clock import FixedClock
 from consentgate.errors import InvalidInput
@@ -167,7 +167,7 @@ def _crash_after_sending(app: App, limit: int) -> int:
     after the provider took the messages."""
     d = app.campaigns._dispatcher
     claimed = d._claim(limit)
-    items = [_Item(r, r.attempts + 1, key=f"campaign:{r.campaign_id}:{r.seq}") for r in claimed]
+    items = [Recipient(r, r.attempts + 1, key=f"campaign:{r.campaign_id}:{r.seq}") for r in claimed]
     template = d._template("acme", claimed[0].template_id, PURPOSE)
     assert template is not None
     live = [i for i in items if d._unseal("acme", i)]

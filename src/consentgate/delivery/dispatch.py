@@ -28,19 +28,16 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, delete, func, select, update
+from sqlalchemy import Connection, Engine, select, update
 
 from consentgate.crypto.keystore import KeyStore
 from consentgate.delivery import bulk
+from consentgate.delivery.fanout import Fanout
 from consentgate.delivery.planner import (
     CapabilityReport,
-    ConsentCheck,
     ConsentInForce,
     ConsentRefused,
     SendDecision,
@@ -51,24 +48,20 @@ from consentgate.delivery.providers.base import (
     Provider,
     ProviderError,
     ProviderRejected,
-    ProviderUnavailable,
-    SendReceipt,
-    WireSender,
     capabilities_many,
 )
 from consentgate.delivery.ratelimit import RateLimits
 from consentgate.delivery.registry import Registry
-from consentgate.delivery.revocation import REVOCABLE, Revoker, hold, revoke_if_withdrawn
+from consentgate.delivery.revocation import Revoker
 from consentgate.delivery.sealed import unseal_number
 from consentgate.delivery.sending import (
     Claim,
     Composer,
     Outcome,
-    count_decisions,
     existing_claim,
-    record_outcomes,
     request_hash,
 )
+from consentgate.delivery.settle import DONE_NO_MESSAGE, RECIPIENT_KEY, Recipient, Settler
 from consentgate.delivery.templates import Template
 from consentgate.domain.clock import Clock
 from consentgate.domain.reasons import ReasonCode
@@ -76,49 +69,19 @@ from consentgate.domain.timeutil import to_micros
 from consentgate.errors import ConsentGateError, NotFound
 from consentgate.gate.gate import ConsentGate
 from consentgate.observability.metrics import Metrics
-from consentgate.outbox import events as outbox_events
-from consentgate.outbox.sender import Request, Result, Sender
+from consentgate.outbox.sender import Sender
 from consentgate.outbox.store import OutboxWriter
 from consentgate.storage import lean
 from consentgate.storage.engine import read_tx, write_tx
 from consentgate.storage.tables import campaign_recipients, campaigns, messages, subject_links
 from consentgate.tenants.service import TenantService
 
-MAX_ATTEMPTS = 5
-RETRY_BASE = timedelta(seconds=2)
-
-
 # --- one recipient through a pass ----------------------------------------------------------------
-
-_NO_CONSENT = ConsentRefused(ReasonCode.NO_CONSENT)
-
-
-@dataclass(slots=True, eq=False)
-class _Item:
-    row: Any  # the claimed campaign_recipients row (+ template_id, consent_type)
-    attempt: int
-    e164: str = field(default="", repr=False)
-    hashes: dict[int, str] = field(default_factory=dict)
-    message_id: str | None = None
-    ref: str | None = None
-    consent: ConsentCheck = _NO_CONSENT
-    outcome: Outcome | None = None
-    answer: Any = None  # the stored message row, when the key was answered before
-    values: dict[str, Any] | None = None  # the recipient's new state
-    released: bool = False  # its claim is given back untried
-
-    key: str = ""  # the idempotency key, campaign:<id>:<seq>
-
-    @property
-    def current(self) -> str:
-        return self.hashes[max(self.hashes)]
-
 
 _ANY_DUE = (
     "SELECT 1 FROM campaign_recipients WHERE state IN ('queued', 'claimed') "
     "AND due_us <= :now LIMIT 1"
 )
-_DONE_NO_MESSAGE = {"state": "done", "action": "skipped", "reason": "ambiguous"}
 _KEY_COLUMNS = (
     "id",
     "tenant_id",
@@ -132,7 +95,6 @@ _KEY_COLUMNS = (
     "created_us",
     "updated_us",
 )
-_RECIPIENT_KEY = {"campaign_id": "varchar", "seq": "bigint"}
 _HELD = (
     "SELECT id, idempotency_key, request_hash, status, updated_us, action, mode, reason, "
     "device_kid, consent_seq FROM messages WHERE tenant_id = :tenant AND idempotency_key IN "
@@ -189,12 +151,11 @@ class Dispatcher:
         self._stale_us = int(stale_claim.total_seconds() * 1_000_000)
         self._metrics = metrics or Metrics()
         self._outbox = outbox
-        # Providers without a wire format of their own (a test fake) are called from here.
-        self._pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="dispatch-send")
-        self._wire: dict[str, bool] = {}
+        self._fanout = Fanout(sender, limits, concurrency)
+        self._settler = Settler(engine, gate, clock, self._metrics, outbox)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._fanout.close()
 
     def _now_us(self) -> int:
         return to_micros(self._clock.now())
@@ -208,15 +169,15 @@ class Dispatcher:
         if rcs_rate is not None:  # a batch the provider can take before its consent goes stale
             limit = min(limit, max(10, int(rcs_rate)))
         claimed = self._claim(limit) if limit > 0 else []
-        groups: dict[tuple[str, str], list[_Item]] = {}
+        groups: dict[tuple[str, str], list[Recipient]] = {}
         for row in claimed:  # the attempt number as stored by this claim
             key = f"campaign:{row.campaign_id}:{row.seq}"
             groups.setdefault((row.tenant_id, row.campaign_id), []).append(
-                _Item(row, row.attempts + 1, key=key)
+                Recipient(row, row.attempts + 1, key=key)
             )
         for (tenant, _), items in groups.items():
             self._work(tenant, items, cancel)
-        self._close_finished({row.campaign_id for row in claimed})
+        self._settler.close_finished({row.campaign_id for row in claimed})
         revoked = self.revoker.run_once() if self.revoker is not None else 0
         return len(claimed) + revoked
 
@@ -246,7 +207,7 @@ class Dispatcher:
             bulk.update_rows(
                 conn,
                 "campaign_recipients",
-                _RECIPIENT_KEY,
+                RECIPIENT_KEY,
                 {"due_us": "bigint", "attempts": "integer"},
                 [
                     {
@@ -267,21 +228,21 @@ class Dispatcher:
                 )
         return list(rows)
 
-    def _work(self, tenant: str, items: list[_Item], cancel: threading.Event | None) -> None:
+    def _work(self, tenant: str, items: list[Recipient], cancel: threading.Event | None) -> None:
         first = items[0].row
         template = self._template(tenant, first.template_id, first.consent_type)
-        live: list[_Item] = []
+        live: list[Recipient] = []
         for item in items:
             if template is not None and self._unseal(tenant, item):
                 live.append(item)
             else:  # not sendable as stored: record and purge
-                item.values = dict(_DONE_NO_MESSAGE)
+                item.values = dict(DONE_NO_MESSAGE)
         if template is not None and live:
             self._hash(tenant, live)
             live = self._take_keys(tenant, live, template)
             self._check_consent(tenant, live, first.consent_type)
             self._plan_and_send(tenant, live, template, cancel)
-        self._record(tenant, items)
+        self._settler.record(tenant, items)
 
     def _template(self, tenant: str, template_id: str, consent_type: str) -> Template | None:
         """The campaign's template, or None when it cannot be sent as stored (removed, its
@@ -295,7 +256,7 @@ class Dispatcher:
             return None
         return template
 
-    def _unseal(self, tenant: str, item: _Item) -> bool:
+    def _unseal(self, tenant: str, item: Recipient) -> bool:
         r = item.row
         if r.sealed is None or r.wrapped_key is None or r.hashed_id is None:
             return False
@@ -306,7 +267,7 @@ class Dispatcher:
             return False
         return True
 
-    def _hash(self, tenant: str, items: list[_Item]) -> None:
+    def _hash(self, tenant: str, items: list[Recipient]) -> None:
         numbers = [i.e164.encode() for i in items]
         for version in self._keys.salt_versions(tenant):
             digests = self._keys.keyed_hash_many(tenant, version, numbers)
@@ -315,7 +276,9 @@ class Dispatcher:
 
     # -- idempotency -------------------------------------------------------------------------
 
-    def _take_keys(self, tenant: str, items: list[_Item], template: Template) -> list[_Item]:
+    def _take_keys(
+        self, tenant: str, items: list[Recipient], template: Template
+    ) -> list[Recipient]:
         """Claim every recipient's idempotency key in one transaction; return the items this
         pass sends (the others have their answer, or wait for the worker that holds them)."""
         now = self._now_us()
@@ -340,7 +303,7 @@ class Dispatcher:
             }
             for i in items
         ]
-        sending: list[_Item] = []
+        sending: list[Recipient] = []
         with write_tx(self._engine) as conn:
             bulk.insert_rows(conn, "messages", _KEY_COLUMNS, rows, "ON CONFLICT DO NOTHING")
             stored: dict[str, _Held] = {}
@@ -363,7 +326,7 @@ class Dispatcher:
                     item.message_id = row.id
                     sending.append(item)
                 elif verdict is Claim.MISMATCH:
-                    item.values = dict(_DONE_NO_MESSAGE)
+                    item.values = dict(DONE_NO_MESSAGE)
                 elif row.status == "pending":  # another worker is sending it: come back later
                     item.values = {"state": "queued", "due_us": now + self._stale_us}
                 else:
@@ -385,7 +348,7 @@ class Dispatcher:
 
     # -- consent, plan, send -----------------------------------------------------------------
 
-    def _check_consent(self, tenant: str, items: list[_Item], consent_type: str) -> None:
+    def _check_consent(self, tenant: str, items: list[Recipient], consent_type: str) -> None:
         """Subjects by hashed id, then the gate for all of them in one read."""
         hashes = sorted({h for i in items for h in i.hashes.values()})
         refs: dict[str, str] = {}
@@ -419,7 +382,7 @@ class Dispatcher:
     def _plan_and_send(
         self,
         tenant: str,
-        items: list[_Item],
+        items: list[Recipient],
         template: Template,
         cancel: threading.Event | None,
     ) -> None:
@@ -444,7 +407,7 @@ class Dispatcher:
         except ProviderError:
             reports = {}
         devices = self._registry.devices_for(tenant, [str(i.ref) for i in allowed])
-        outbound: list[tuple[_Item, SendDecision, OutboundMessage, Provider]] = []
+        outbound: list[tuple[Recipient, SendDecision, OutboundMessage, Provider]] = []
         content = self._composer.content(template, {})
         for item in allowed:
             report = reports.get(item.e164, CapabilityReport.unavailable())
@@ -470,7 +433,7 @@ class Dispatcher:
             )
             outbound.append((item, decision, message, provider))
         deadline = time.monotonic() + self._lease.total_seconds() * 0.75
-        answers = self._send_all([(m, p) for _, _, m, p in outbound], deadline, cancel)
+        answers = self._fanout.send_all([(m, p) for _, _, m, p in outbound], deadline, cancel)
         for (item, decision, _, provider), answer in zip(outbound, answers, strict=True):
             if answer is None:
                 item.released = True  # never left this process: hand the claim back
@@ -487,7 +450,7 @@ class Dispatcher:
 
     def _outcome(
         self,
-        item: _Item,
+        item: Recipient,
         decision: SendDecision,
         provider: str | None,
         provider_message_id: str | None,
@@ -505,250 +468,5 @@ class Dispatcher:
             failure,
         )
 
-    def _send_all(
-        self,
-        sends: Sequence[tuple[OutboundMessage, Provider]],
-        deadline: float,
-        cancel: threading.Event | None,
-    ) -> list[SendReceipt | ProviderError | None]:
-        """Every send at once: wire-format providers through the HTTP sender's keep-alive
-        connections, others on this dispatcher's threads. None: not attempted."""
-        answers: list[SendReceipt | ProviderError | None] = [None] * len(sends)
-        wired = [(n, m, p) for n, (m, p) in enumerate(sends) if self._wired(p)]
-        wired_at = {n for n, _, _ in wired}
-        others = [
-            self._pool.submit(self._send_one, m, p, deadline, cancel)
-            for n, (m, p) in enumerate(sends)
-            if n not in wired_at
-        ]
-        if wired and self._sender is not None:
-            requests = [self._request(m, p) for _, m, p in wired]
-            results = self._sender.send_all(requests, deadline, cancel)
-            for (n, m, p), result in zip(wired, results, strict=True):
-                answers[n] = _read(m, p, result)
-        rest = iter(others)
-        for n in range(len(sends)):
-            if n not in wired_at:
-                answers[n] = next(rest).result()
-        return answers
 
-    def _wired(self, provider: Provider) -> bool:
-        """Whether the provider's sends go through the HTTP sender (a Protocol isinstance
-        check is slow: asked once per provider)."""
-        known = self._wire.get(provider.name)
-        if known is None:
-            known = self._wire[provider.name] = self._sender is not None and isinstance(
-                provider, WireSender
-            )
-        return known
-
-    def _request(self, message: OutboundMessage, provider: Provider) -> Request:
-        wire = cast(WireSender, provider).send_request(message)
-        headers = wire.headers
-        return Request(
-            wire.url, wire.body, lambda: headers, method=wire.method, wait=self._wait(provider)
-        )
-
-    def _wait(self, provider: Provider) -> Callable[[float], bool] | None:
-        bucket = self._limits.bucket(provider.name)
-        return None if bucket is None else bucket.acquire
-
-    def _send_one(
-        self,
-        message: OutboundMessage,
-        provider: Provider,
-        deadline: float,
-        cancel: threading.Event | None,
-    ) -> SendReceipt | ProviderError | None:
-        if time.monotonic() > deadline or (cancel is not None and cancel.is_set()):
-            return None
-        wait = self._wait(provider)
-        if wait is not None and not wait(deadline):
-            return None
-        try:
-            return provider.send(message)
-        except ProviderError as exc:
-            return exc
-
-    # -- the record --------------------------------------------------------------------------
-
-    def _record(self, tenant: str, items: list[_Item]) -> None:
-        """Outcomes, outbox events and recipient states in one transaction."""
-        now = self._now_us()
-        outcomes = [i.outcome for i in items if i.outcome is not None]
-        for item in items:
-            if item.values is not None:
-                continue
-            if item.outcome is not None or item.answer is not None:
-                item.values = {}  # from the stored row below
-            else:  # released untried (or never reached): due again at once
-                item.values = {"state": "queued", "due_us": now}
-        with write_tx(self._engine) as conn:
-            stored = record_outcomes(
-                conn,
-                tenant,
-                outcomes,
-                self._outbox,
-                now,
-                consent_type=items[0].row.consent_type,
-                campaign_id=items[0].row.campaign_id,
-            )
-            by_id = {row.id: row for row in stored}
-            released = [str(i.message_id) for i in items if i.released]
-            if released:
-                conn.execute(
-                    delete(messages).where(
-                        messages.c.id.in_(released), messages.c.status == "pending"
-                    )
-                )
-            params = []
-            for item in items:
-                row = item.answer if item.answer is not None else by_id.get(str(item.message_id))
-                values = item.values if item.values else self._settled(item, row, now)
-                params.append(_recipient_params(item.row, values))
-            bulk.update_rows(conn, "campaign_recipients", _RECIPIENT_KEY, _RECIPIENT, params)
-            lost = [i for i in items if i.values == _DONE_NO_MESSAGE]  # dicts, by value
-            self._decided_without_message(conn, tenant, lost, now)
-            revocable = [
-                i
-                for i in items
-                if i.outcome is not None
-                and i.outcome.status == "sent"
-                and i.outcome.provider in REVOCABLE
-                and i.ref is not None
-            ]
-            hold(
-                conn,
-                tenant,
-                [
-                    (
-                        str(i.message_id),
-                        str(i.ref),
-                        i.row.consent_type,
-                        str(i.outcome.provider),
-                        str(i.outcome.provider_message_id),
-                        f"{i.row.campaign_id}:{i.row.seq}",
-                        i.row.sealed,
-                        i.row.wrapped_key,
-                    )
-                    for i in revocable
-                    if i.outcome is not None
-                ],
-                now,
-            )
-        # A withdrawal that committed after the batch's check but before these sends were
-        # stored is not seen by the revoker's scan: look once more.
-        sent = [(str(i.message_id), str(i.ref)) for i in revocable]
-        revoke_if_withdrawn(self._engine, self._gate, tenant, items[0].row.consent_type, sent, now)
-        count_decisions(self._metrics, tenant, stored)
-        retried = sum(1 for p in params if p["state"] == "queued")
-        self._metrics.campaign_recipients(tenant, "retried", retried)
-        self._metrics.campaign_recipients(tenant, "done", len(items) - retried)
-
-    def _settled(self, item: _Item, row: Any, now: int) -> dict[str, Any]:
-        unavailable = row.status == "failed" and row.reason == ReasonCode.PROVIDER_UNAVAILABLE
-        if unavailable and item.attempt < MAX_ATTEMPTS:
-            backoff = RETRY_BASE * (2 ** (item.attempt - 1))
-            return {"state": "queued", "due_us": now + int(backoff.total_seconds() * 1e6)}
-        return {
-            "state": "done",
-            "action": row.action,
-            "mode": row.mode,
-            "reason": row.reason,
-            "message_id": row.id,
-        }
-
-    def _decided_without_message(
-        self, conn: Connection, tenant: str, items: list[_Item], now: int
-    ) -> None:
-        """Recipients settled without a message (not sendable as stored): their
-        ``message.decided`` (no message_id) goes out like any other decision."""
-        items = [i for i in items if i.row.hashed_id is not None]
-        if self._outbox is None or not items:
-            return
-        refs = dict(
-            conn.execute(
-                select(subject_links.c.hashed_id, subject_links.c.subject_ref).where(
-                    subject_links.c.tenant_id == tenant,
-                    subject_links.c.hashed_id.in_([i.row.hashed_id for i in items]),
-                )
-            ).all()
-        )
-        events = [
-            outbox_events.message_decided(
-                message_id=None,
-                subject_ref=refs.get(i.row.hashed_id),
-                hashed_id=i.row.hashed_id,
-                consent_type=i.row.consent_type,
-                action="skipped",
-                mode=None,
-                reason=ReasonCode.AMBIGUOUS.value,
-                consent_seq=None,
-                campaign_id=i.row.campaign_id,
-            )
-            for i in items
-        ]
-        self._outbox.record(conn, tenant, events, now)
-
-    def _close_finished(self, campaign_ids: set[str]) -> None:
-        for campaign_id in campaign_ids:
-            with write_tx(self._engine) as conn:
-                open_ = conn.execute(
-                    select(func.count())
-                    .select_from(campaign_recipients)
-                    .where(
-                        campaign_recipients.c.campaign_id == campaign_id,
-                        campaign_recipients.c.state != "done",
-                    )
-                ).scalar_one()
-                if open_ == 0:
-                    conn.execute(
-                        update(campaigns)
-                        .where(campaigns.c.id == campaign_id)
-                        .values(status="done", updated_us=self._now_us())
-                    )
-
-
-_RECIPIENT = {
-    "state": "varchar",
-    "due_us": "bigint",
-    "action": "varchar",
-    "mode": "varchar",
-    "reason": "varchar",
-    "message_id": "varchar",
-    "sealed": "bytea",
-    "wrapped_key": "bytea",
-}
-
-
-def _recipient_params(row: Any, values: dict[str, Any]) -> dict[str, Any]:
-    """One recipient's new state; the number is purged once it is done."""
-    done = values["state"] == "done"
-    return {
-        "campaign_id": row.campaign_id,
-        "seq": row.seq,
-        "state": values["state"],
-        "due_us": values.get("due_us", row.due_us),
-        "action": values.get("action"),
-        "mode": values.get("mode"),
-        "reason": values.get("reason"),
-        "message_id": values.get("message_id"),
-        "sealed": None if done else row.sealed,
-        "wrapped_key": None if done else row.wrapped_key,
-    }
-
-
-def _read(message: OutboundMessage, provider: Provider, result: Result) -> Any:
-    """A wire result as the provider reads it: a receipt, a ProviderError, or None (untried)."""
-    if not result.attempted:
-        return None
-    if result.status is None:
-        detail = f"{getattr(provider, 'name', 'provider')}: {result.error}"
-        return ProviderUnavailable(detail, maybe_sent=True)
-    try:
-        return cast(WireSender, provider).send_answer(message, result.status, result.body)
-    except ProviderError as exc:
-        return exc
-
-
-__all__ = ["MAX_ATTEMPTS", "RETRY_BASE", "Dispatcher"]
+__all__ = ["Dispatcher"]
