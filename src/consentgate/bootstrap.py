@@ -98,7 +98,7 @@ class App:
             object.__setattr__(self, "_listener", listener)
             listener.start()
         if workers and "dispatch" in kinds and self._worker is None:
-            worker = DispatchWorker(self.campaigns)
+            worker = DispatchWorker(self.campaigns, threads=self.settings.dispatch.threads)
             object.__setattr__(self, "_worker", worker)
             worker.start()
         if workers and "relay" in kinds and self._relay is None:

@@ -79,6 +79,7 @@ class DispatchSettings:
 
     batch: int = 500
     concurrency: int = 32
+    threads: int = 1  # dispatch threads per process (CONSENTGATE_DISPATCH_THREADS)
     provider_rates: dict[str, float] = field(
         default_factory=lambda: {"rbm": 3000.0, "sms": 100.0, "push": 1000.0}
     )
@@ -143,6 +144,7 @@ def _dispatch(env: Mapping[str, str]) -> DispatchSettings:
     return DispatchSettings(
         batch=max(1, _int(env, "CONSENTGATE_DISPATCH_BATCH", d.batch)),
         concurrency=max(1, _int(env, "CONSENTGATE_DISPATCH_CONCURRENCY", d.concurrency)),
+        threads=max(1, _int(env, "CONSENTGATE_DISPATCH_THREADS", d.threads)),
         provider_rates=rates,
     )
 

@@ -83,6 +83,7 @@ _DUE = (
     "wrapped_key, attempts FROM revocable_messages WHERE state = 'revoke' "
     "AND due_us <= :now ORDER BY due_us LIMIT :n"
 )
+_ANY_DUE = "SELECT 1 FROM revocable_messages WHERE state = 'revoke' AND due_us <= :now LIMIT 1"
 _MARK = (
     "UPDATE revocable_messages SET state = 'revoke', due_us = :now "
     "WHERE tenant_id = :t AND subject_ref = :r AND consent_type = :p AND state = 'held'"
@@ -244,6 +245,9 @@ class Revoker:
     def _revoke(self, limit: int) -> int:
         now = self._now()
         lease = now + int(LEASE.total_seconds() * 1_000_000)
+        with read_tx(self._engine) as conn:  # an idle pass takes no write lock
+            if not lean.rows(conn, _ANY_DUE, {"now": now}):
+                return 0
         with write_tx(self._engine) as conn:
             pg = conn.dialect.name == "postgresql"
             due = lean.rows(

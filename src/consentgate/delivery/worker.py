@@ -1,4 +1,9 @@
-"""The dispatch worker: a thread that works the campaign queue until stopped."""
+"""The dispatch worker: threads that work the campaign queue until stopped.
+
+With more than one thread, one thread's database work (claim, keys, consent, record) overlaps
+another's provider requests; claims are exclusive (leases, a write transaction each), so the
+threads never work the same recipient.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +16,25 @@ log = logging.getLogger("consentgate.worker")
 
 
 class DispatchWorker:
-    def __init__(self, campaigns: CampaignService, idle_seconds: float = 0.05) -> None:
+    def __init__(
+        self, campaigns: CampaignService, idle_seconds: float = 0.05, threads: int = 1
+    ) -> None:
         self._campaigns = campaigns
         self._idle = idle_seconds
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="dispatch", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, name=f"dispatch-{n}", daemon=True)
+            for n in range(max(1, threads))
+        ]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
     def _run(self) -> None:
         while not self._stop.is_set():
