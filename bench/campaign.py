@@ -4,7 +4,7 @@ carrier over HTTP (all on 127.0.0.1).
 Topology (all on 127.0.0.1, each its own process): the sandbox carrier
 (``python -m consentgate.sandbox``, RBM wire format over HTTP), ``consentgate serve`` (the API;
 ``--no-workers`` when dispatch runs in worker processes) and ``BENCH_CAMPAIGN_WORKERS``
-(default 1) ``consentgate worker --kind dispatch`` processes; with 0, the dispatch worker runs
+(default 2) ``consentgate worker --kind dispatch`` processes; with 0, the dispatch worker runs
 inside ``serve``. ``CONSENTGATE_SANDBOX_URL`` points every consentgate process at the carrier.
 Untimed setup: ``PUT /sandbox/devices`` gives every
 recipient RCS with native E2EE; ``POST /v1/consent-events`` grants marketing_rcs to all of
@@ -369,7 +369,7 @@ def run(backend: Backend, core: App, sizes: Sizes, profile_dir: Path | None) -> 
         return [fig]
     port, sandbox_port = free_port(), free_port()
     base, sandbox_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sandbox_port}"
-    workers = int(os.environ.get("BENCH_CAMPAIGN_WORKERS", "1"))
+    workers = int(os.environ.get("BENCH_CAMPAIGN_WORKERS", "2"))
     env = {
         **os.environ,
         **backend.env,
