@@ -212,6 +212,26 @@ def test_rbm_wire_format_of_capabilities(base: str, http: httpx.Client) -> None:
     assert unauthenticated.status_code == 401
 
 
+def test_rbm_batch_capabilities_agree_with_the_per_number_check(
+    base: str, http: httpx.Client
+) -> None:
+    """``users:batchGet`` (one request for many numbers) gives what one check per number
+    gives; without the sandbox's E2EE list (real RBM), nobody has native E2EE."""
+    provider = rbm_provider(base, http)
+    batch = provider.capabilities_many(list(PHONES))
+    assert batch == {p: provider.capabilities(p) for p in PHONES}
+    assert batch[NATIVE] == Capabilities(True, True) and batch[PLAIN] == Capabilities(False, False)
+    answer = http.post(
+        f"{base}/rbm/v1/users:batchGet",
+        json={"users": list(PHONES), "agentId": "a"},
+        headers={"Authorization": "Bearer t"},
+    )
+    assert answer.status_code == 200
+    assert sorted(answer.json()["reachableUsers"]) == sorted([NATIVE, RCS])
+    unauthenticated = http.post(f"{base}/rbm/v1/users:batchGet", json={"users": [NATIVE]})
+    assert unauthenticated.status_code == 401
+
+
 def test_a_wrong_base_url_is_not_mistaken_for_no_rcs(base: str, http: httpx.Client) -> None:
     provider = RbmProvider(http, base_url=f"{base}/nope", client_token=RBM_SECRET)
     with pytest.raises(ProviderRejected) as caught:
