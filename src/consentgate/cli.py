@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -108,14 +109,18 @@ def serve(
     from consentgate.api.app import create_app
     from consentgate.api.server import LOG_LEVEL_ENV
     from consentgate.observability.logs import configure_logging
+    from consentgate.observability.metrics import share_across_processes
 
     try:
-        log_format = load_settings().server.log_format
+        settings = load_settings()
     except ConsentGateError as exc:
         typer.echo(f"error: {exc.detail}", err=True)
         raise typer.Exit(2) from None
-    configure_logging("text" if log_format == "text" else "json", log_level)
+    configure_logging("text" if settings.server.log_format == "text" else "json", log_level)
+    metrics_dir = settings.storage.data_dir / f"metrics-{os.getpid()}"
     if workers > 1:
+        # A scrape reaches one of the processes: they keep their counters in shared files.
+        share_across_processes(metrics_dir)
         # Worker processes start from the environment: give them the log level and the
         # sandbox carrier's credentials this process uses (random per process otherwise).
         os.environ[LOG_LEVEL_ENV] = log_level
@@ -142,16 +147,20 @@ def serve(
         # uvicorn's own access log would print concrete paths (ids, sandbox phone numbers):
         # the AccessLog middleware logs route templates instead. log_config=None keeps the
         # handlers configured above.
-        uvicorn.run(
-            create_app(app) if workers == 1 else "consentgate.api.server:worker_app",
-            factory=workers > 1,
-            workers=workers,
-            host=host,
-            port=port,
-            log_level=log_level,
-            access_log=False,
-            log_config=None,
-        )
+        try:
+            uvicorn.run(
+                create_app(app) if workers == 1 else "consentgate.api.server:worker_app",
+                factory=workers > 1,
+                workers=workers,
+                host=host,
+                port=port,
+                log_level=log_level,
+                access_log=False,
+                log_config=None,
+            )
+        finally:
+            if workers > 1:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 class WorkerKind(StrEnum):
@@ -199,7 +208,10 @@ def worker(
             from consentgate.observability.exposition import serve_metrics
 
             stop_metrics = serve_metrics(
-                app.metrics.registry, metrics_host, metrics_port, app.settings.server.metrics_token
+                app.metrics.exposition_registry(),
+                metrics_host,
+                metrics_port,
+                app.settings.server.metrics_token,
             )
         log.info(
             "consentgate worker running: %s",

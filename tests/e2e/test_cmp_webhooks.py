@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 
 from tests.e2e.conftest import Server, _start
@@ -126,6 +128,10 @@ def test_two_worker_processes_share_the_port_and_the_ledger(
     log = tmp_path / "server.log"
     server = _start({**os.environ, **env}, log, "--workers", "2")
     try:
+        deadline = time.monotonic() + 60  # the second worker may still be starting
+        while len(_started(log)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(_started(log)) == 2
         acme = server.create_tenant("acme")
         secret = acme["webhook_secret"]
         first = {}
@@ -139,10 +145,24 @@ def test_two_worker_processes_share_the_port_and_the_ledger(
             assert again.headers["webhook-replayed"] == "true"
         assert sorted(a["events"][0]["seq"] for a in first.values()) == list(range(16))
         assert _size(server, acme["api_key"]) == 16
+        for _ in range(4):  # each scrape is answered by one worker: all count every event
+            scrape = httpx.get(f"{server.url}/metrics", timeout=10).text
+            recorded = [
+                sample.value
+                for family in text_string_to_metric_families(scrape)
+                for sample in family.samples
+                if sample.name == "consentgate_consent_events_total"
+                and sample.labels.get("tenant") == "acme"
+            ]
+            assert recorded == [16.0]
         lines = log.read_text()
-        assert len(set(re.findall(r"Started server process \[(\d+)\]", lines))) == 2
         # Only the route-template access log: uvicorn's prints concrete paths.
         assert "uvicorn.access" not in lines and "/cmp/generic/events" not in lines
     finally:
         server.process.terminate()
         server.process.wait(timeout=30)
+
+
+def _started(log: Path) -> set[str]:
+    """The pids of the worker processes that have logged their start."""
+    return set(re.findall(r"Started server process \[(\d+)\]", log.read_text()))

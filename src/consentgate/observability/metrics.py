@@ -17,11 +17,15 @@ and its child kept, so a hot-path increment is a dict lookup and a locked add.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import values as prometheus_values
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from consentgate import __version__
@@ -122,6 +126,24 @@ class _Family:
         return found
 
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def share_across_processes(directory: Path) -> None:
+    """Counters and histograms of this process, and of the processes it starts (they inherit
+    the environment), are kept in files under ``directory`` (prometheus_client's
+    multiprocess mode) and added up at scrape time: with ``serve --workers N`` a scrape
+    reaches one of N processes, and must count what all of them did. Call before any
+    :class:`Metrics` is built; ``directory`` is emptied first (a counter restarts with the
+    server, as it does in one process)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROC_ENV] = str(directory)
+    # This process imported prometheus_client before the variable was set.
+    prometheus_values.ValueClass = prometheus_values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
 class Metrics:
     """Every metric of one App, on its own registry (tests build many Apps per process)."""
 
@@ -131,9 +153,10 @@ class Metrics:
         self._purpose_known: Callable[[str, str], bool] | None = None
         tenant = self._tenant_label
         r = self.registry
-        Info("consentgate_build", "The running consentgate version", registry=r).info(
-            {"version": __version__}
-        )
+        self._build = Info("consentgate_build", "The running consentgate version", registry=r)
+        self._build.info({"version": __version__})
+        self._collectors: list[Collector] = []
+        self._shared: CollectorRegistry | None = None
         self._consent = _Family(
             Counter(
                 "consentgate_consent_events",
@@ -250,6 +273,24 @@ class Metrics:
 
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)
+        self._collectors.append(collector)
+
+    def exposition_registry(self) -> CollectorRegistry:
+        """What a scrape reads: :attr:`registry`, or, when the processes of ``serve --workers
+        N`` share their counters (:func:`share_across_processes`), every process's counters
+        and histograms added up from their files, with this process's own collectors (the
+        store's gauges, the build info)."""
+        directory = os.environ.get(MULTIPROC_ENV)
+        if not directory:
+            return self.registry
+        if self._shared is None:
+            shared = CollectorRegistry(auto_describe=True)
+            MultiProcessCollector(shared, path=directory)  # type: ignore[no-untyped-call]
+            shared.register(self._build)
+            for collector in self._collectors:
+                shared.register(collector)
+            self._shared = shared
+        return self._shared
 
     def bind_names(
         self, tenant_known: Callable[[str], bool], purpose_known: Callable[[str, str], bool]

@@ -40,4 +40,4 @@ def metrics(request: Request) -> Response:
         ):
             raise Unauthenticated("a valid metrics bearer token is required")
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-    return Response(encoder(core.metrics.registry), media_type=content_type)
+    return Response(encoder(core.metrics.exposition_registry()), media_type=content_type)
