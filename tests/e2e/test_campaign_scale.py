@@ -3,7 +3,8 @@ database files (WAL included; on PostgreSQL the database's files, the WAL and th
 log), the key directory and every process's log — for any of the 10,000 numbers, in any
 form that contains its national significant number (E.164 with or without +, national
 with 0). The carrier runs in its own process (``python -m consentgate.sandbox``), as in the
-campaign benchmark; its memory is the only place the numbers may be."""
+campaign benchmark, and a dispatch worker process works the queue beside ``serve``; the
+carrier's memory is the only place the numbers may be."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import psycopg
 import pytest
 
 from tests import pg
-from tests.e2e.conftest import Server, _start
+from tests.e2e.conftest import BIN, Server, _start
 
 N = 10_000
 PHONES = [f"+4479111{i:05d}" for i in range(N)]
@@ -77,8 +78,22 @@ def test_no_number_of_a_10k_campaign_reaches_disk_or_logs(
     request: pytest.FixtureRequest,
 ) -> None:
     url, tokens, sandbox_log = carrier
-    full = {**os.environ, **env, **tokens, "CONSENTGATE_SANDBOX_URL": url}
+    full = {
+        **os.environ,
+        **env,
+        **tokens,
+        "CONSENTGATE_SANDBOX_URL": url,
+    }
     server: Server = _start(full, tmp_path / "server.log")
+    # A second dispatcher beside the one in serve, in its own process (as in production).
+    worker_log = tmp_path / "worker.log"
+    with worker_log.open("wb") as out:
+        worker = subprocess.Popen(
+            [str(BIN), "worker", "--kind", "dispatch"],
+            env=server.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         acme = server.create_tenant("acme")
         devices = [
@@ -129,13 +144,14 @@ def test_no_number_of_a_10k_campaign_reaches_disk_or_logs(
         metrics = httpx.get(f"{server.url}/metrics", timeout=10).content
         verify = server.cli("ledger", "verify")
     finally:
-        server.process.terminate()
-        server.process.wait(timeout=10)
+        for process in (worker, server.process):
+            process.terminate()
+            process.wait(timeout=10)
 
     data_dir = Path(env["CONSENTGATE_DATA_DIR"])
     paths = [p for p in data_dir.rglob("*") if p.is_file()]
     assert any(p.name.endswith(".db") for p in paths) or backend == "pg"
-    paths += [server.log, sandbox_log]
+    paths += [server.log, sandbox_log, worker_log]
     if backend == "pg":
         cluster = request.getfixturevalue("pg_cluster")
         db = env["CONSENTGATE_DATABASE_URL"].rsplit("/", 1)[1]
