@@ -178,7 +178,7 @@ class Dispatcher:
         for (tenant, _), items in groups.items():
             self._work(tenant, items, cancel)
         self._settler.close_finished({row.campaign_id for row in claimed})
-        revoked = self.revoker.run_once() if self.revoker is not None else 0
+        revoked = self.revoker.run_once(paced=True) if self.revoker is not None else 0
         return len(claimed) + revoked
 
     def _claim(self, limit: int) -> list[Any]:

@@ -25,6 +25,7 @@ week is not worth withdrawing; RBM expires undelivered messages itself).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
@@ -51,6 +52,7 @@ HOLD = timedelta(days=7)
 MAX_ATTEMPTS = 6
 LEASE = timedelta(seconds=60)
 SCAN = 5_000  # ledger leaves read per tenant per pass
+SCAN_EVERY = 0.25  # seconds between ledger reads in the dispatch loop
 
 _HOLD_COLUMNS = (
     "message_id",
@@ -163,13 +165,19 @@ class Revoker:
         self._keys = keystore
         self._providers = {p.name: p for p in providers}
         self._clock = clock
+        self._next_scan = 0.0
 
     def _now(self) -> int:
         return to_micros(self._clock.now())
 
-    def run_once(self, limit: int = 200) -> int:
-        """Read new withdrawals, revoke what they marked; return how much work was done."""
-        done = self._scan()
+    def run_once(self, limit: int = 200, *, paced: bool = False) -> int:
+        """Read new withdrawals, revoke what they marked; return how much work was done.
+        ``paced`` (the dispatch loop): read the ledger at most every :data:`SCAN_EVERY`, so a
+        busy ingest does not meet a revoker's write transaction every few milliseconds."""
+        done = 0
+        if not paced or time.monotonic() >= self._next_scan:
+            self._next_scan = time.monotonic() + SCAN_EVERY
+            done += self._scan()
         done += self._revoke(limit)
         self._expire()
         return done
