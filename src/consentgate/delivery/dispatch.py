@@ -305,7 +305,7 @@ class Dispatcher:
         ]
         sending: list[Recipient] = []
         with write_tx(self._engine) as conn:
-            bulk.insert_rows(conn, "messages", _KEY_COLUMNS, rows, "ON CONFLICT DO NOTHING")
+            bulk.insert_rows(conn, "messages", _KEY_COLUMNS, rows, skip_conflicts=True)
             stored: dict[str, _Held] = {}
             keys = list(mine)
             for start in range(0, len(keys), 900):

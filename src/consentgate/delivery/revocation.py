@@ -124,7 +124,7 @@ def hold(
             dict(zip(_HOLD_COLUMNS, (r[0], tenant, *r[1:], "held", 0, now_us, now_us), strict=True))
             for r in rows
         ],
-        "ON CONFLICT DO NOTHING",
+        skip_conflicts=True,
     )
 
 
