@@ -12,7 +12,8 @@ them; ``POST /v1/templates``; an excluded warm-up campaign to other recipients. 
 ``POST /v1/campaigns``, ``PUT /v1/campaigns/{id}/audience`` (CSV), then from
 ``POST /v1/campaigns/{id}/send`` until ``GET /v1/campaigns/{id}`` (polled every 0.1 s) says
 "done": msgs/s = sent / that time. ``GET /sandbox/messages`` must then hold exactly ``sent``
-messages. Floor ≥ 1,000 msgs/s.
+messages. Three such campaigns (the machine is shared): the figure is their median. Floor
+≥ 1,000 msgs/s.
 
 Baseline, same run, same server, same recipients: the same number of direct
 ``POST /v1/messages`` calls (same template and purpose, a unique idempotency key each) from
@@ -50,6 +51,7 @@ TENANT = "camp"
 PURPOSE = "marketing_rcs"
 FLOOR = 1_000.0
 POLL_S = 0.1
+REPEATS = 3  # timed campaigns per backend; the figure is their median
 TEXT = "Our winter sale starts now: 20% off everything until Sunday."
 
 
@@ -450,6 +452,24 @@ def run(backend: Backend, core: App, sizes: Sizes, profile_dir: Path | None) -> 
                 raise RuntimeError(
                     f"sandbox holds {carried} messages, campaign sent {timed['sent']}"
                 )
+            # More timed campaigns of the same recipients (new campaigns, so each recipient is
+            # sent to again): the figure is the median, the machine being shared.
+            runs = [timed]
+            for _ in range(REPEATS - 1):
+                sandbox.delete("/messages").raise_for_status()
+                again = _campaign(http, template_id, numbers, pids, timeout)
+                if _sandbox_count(sandbox)[0] != again["sent"]:
+                    raise RuntimeError("the sandbox does not hold what a campaign sent")
+                runs.append(again)
+            timed = sorted(runs, key=lambda r: float(r["msgs_per_s"]))[len(runs) // 2]
+            runs_summary = [
+                {
+                    "msgs_per_s": r["msgs_per_s"],
+                    "seconds_send_to_done": r["seconds_send_to_done"],
+                    "load_average_after": r["load_average_after"],
+                }
+                for r in runs
+            ]
             sandbox.delete("/messages").raise_for_status()
             direct = _direct(base, api_key, template_id, warm, numbers, sizes, server_pid)
             carried_direct, _ = _sandbox_count(sandbox)
@@ -496,6 +516,7 @@ def run(backend: Backend, core: App, sizes: Sizes, profile_dir: Path | None) -> 
         "numbers": "+4479111xxxxx, RCS + native E2EE in the sandbox, marketing_rcs granted",
         "timed": {
             **timed,
+            "runs": runs_summary,
             "sandbox_messages": carried,
             "sandbox_by_kind": dict(kinds),
             "clock": f"POST send → GET status says done (polled every {POLL_S} s: done is "

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from consentgate.storage import lean
 
+_COPY_FROM = 20  # rows: below this a COPY's extra statements cost more than they save
 _MAX_PARAMS = 30_000  # under SQLite's 32,766 and PostgreSQL's 65,535 bound parameters
 
 
@@ -41,7 +42,7 @@ def insert_rows(
     twice the client CPU), through a temporary table when conflicts are to be skipped."""
     if not rows:
         return
-    if conn.dialect.name != "postgresql":
+    if conn.dialect.name != "postgresql" or len(rows) < _COPY_FROM:
         suffix = " ON CONFLICT DO NOTHING" if skip_conflicts else ""
         lean.many(conn, lean.insert_sql(table, columns) + suffix, rows)
         return
