@@ -19,9 +19,12 @@ from sqlalchemy import func, select, text
 from consentgate.bootstrap import App, build
 from consentgate.config import load_settings
 from consentgate.consent.ingest import EventInput
+from consentgate.crypto.envelope import SUITE_X25519
+from consentgate.delivery.registry import AppKey
 from consentgate.delivery.settle import Recipient
 from consentgate.delivery.templates import Template
 from consentgate.domain.clock import FixedClock
+from consentgate.domain.identity import Identifier, IdentifierKind
 from consentgate.errors import InvalidInput
 from consentgate.sandbox import create_sandbox
 from consentgate.sandbox.fastpath import RbmFastPath
@@ -341,3 +344,35 @@ def test_a_campaign_template_with_pii_tokens_is_refused(app: App) -> None:
     with pytest.raises(InvalidInput) as refused:
         app.campaigns.create("acme", template, PURPOSE)
     assert refused.value.field == "template_id"
+
+
+def test_a_recipient_that_cannot_be_composed_is_settled_not_retried(
+    app: App, carrier: str, clock: FixedClock
+) -> None:
+    """A stored device key the envelope cannot use (corrupted: 7 bytes, not an X25519 key):
+    that recipient is settled as skipped (ambiguous), its claim released; the rest of the
+    batch is sent; nothing stays pending for a worker to trip over again."""
+    phones = _phones(3)
+    devices = [{"phone": p, "rcs": True, "native_e2ee": False} for p in phones]
+    httpx.put(f"{carrier}/devices", json={"devices": devices}, timeout=30).raise_for_status()
+    _consent(app, phones, "granted", clock, "g")
+    hashed = app.links.hash_identifier("acme", Identifier(IdentifierKind.PHONE, phones[0]))
+    app.registry.register_device(
+        "acme",
+        hashed,
+        rcs=True,
+        native_e2ee=False,
+        key=AppKey("broken", SUITE_X25519, b"\x00" * 7),
+        expires_at=None,
+    )
+    cid = _campaign(app, phones)
+    _drain(app)
+    status = app.campaigns.status("acme", cid)
+    assert (status["status"], status["fallback"], status["skipped"]) == ("done", 2, 1)
+    assert status["by_reason"]["ambiguous"] == 1
+    assert sorted(m["to"] for m in _carried(carrier)) == sorted(phones[1:])
+    with app.engine.connect() as conn:
+        pending = conn.execute(
+            select(func.count()).where(messages.c.status == "pending")
+        ).scalar_one()
+    assert pending == 0

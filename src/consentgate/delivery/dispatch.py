@@ -25,6 +25,7 @@ One pass (:meth:`Dispatcher.dispatch_once`):
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -77,6 +78,8 @@ from consentgate.storage.tables import campaign_recipients, campaigns, messages,
 from consentgate.tenants.service import TenantService
 
 # --- one recipient through a pass ----------------------------------------------------------------
+
+log = logging.getLogger("consentgate.dispatch")
 
 _ANY_DUE = (
     "SELECT 1 FROM campaign_recipients WHERE state IN ('queued', 'claimed') "
@@ -412,25 +415,32 @@ class Dispatcher:
         for item in allowed:
             report = reports.get(item.e164, CapabilityReport.unavailable())
             record = devices.get(str(item.ref))
-            decision = plan(
-                item.consent,
-                sensitive=template.sensitive,
-                capabilities=report,
-                device=None if record is None else record.device,
-                now=now,
-            )
-            message, provider = self._composer.outbound(
-                tenant,
-                str(item.message_id),
-                item.e164,
-                template,
-                {},
-                decision,
-                None if record is None else record.public_key,
-                report,
-                int(now.timestamp()),
-                content,
-            )
+            try:
+                decision = plan(
+                    item.consent,
+                    sensitive=template.sensitive,
+                    capabilities=report,
+                    device=None if record is None else record.device,
+                    now=now,
+                )
+                message, provider = self._composer.outbound(
+                    tenant,
+                    str(item.message_id),
+                    item.e164,
+                    template,
+                    {},
+                    decision,
+                    None if record is None else record.public_key,
+                    report,
+                    int(now.timestamp()),
+                    content,
+                )
+            except (ConsentGateError, ValueError, RuntimeError) as exc:
+                # Not sendable as stored (a device key the envelope cannot use, say): settled
+                # like a removed template, its claim released, never retried for ever.
+                log.warning("dispatch: a recipient could not be composed (%s)", type(exc).__name__)
+                item.values, item.released = dict(DONE_NO_MESSAGE), True
+                continue
             outbound.append((item, decision, message, provider))
         deadline = time.monotonic() + self._lease.total_seconds() * 0.75
         answers = self._fanout.send_all([(m, p) for _, _, m, p in outbound], deadline, cancel)
