@@ -376,3 +376,37 @@ def test_a_recipient_that_cannot_be_composed_is_settled_not_retried(
             select(func.count()).where(messages.c.status == "pending")
         ).scalar_one()
     assert pending == 0
+
+
+def test_the_lean_rbm_front_answers_like_the_app(carrier: str) -> None:
+    """agentMessages.create through RbmFastPath keeps the RBM wire format's answers."""
+    phone = "+447911100000"
+    _devices(carrier, [phone])
+    url = f"{carrier}/rbm/v1/phones/{phone}/agentMessages"
+    body = {"contentMessage": {"text": "hi"}}
+    auth = {"Authorization": "Bearer t"}
+    mid = str(uuid.uuid4())
+    with httpx.Client(timeout=10) as http:
+        assert http.post(url, params={"messageId": mid}, json=body).status_code == 401
+        first = http.post(url, params={"messageId": mid}, json=body, headers=auth)
+        assert first.status_code == 200 and first.json()["name"].endswith(mid)
+        again = http.post(url, params={"messageId": mid}, json=body, headers=auth)
+        assert again.status_code == 409 and again.json()["error"]["status"] == "ALREADY_EXISTS"
+        assert http.post(url, json=body, headers=auth).status_code == 400  # no messageId
+        bad = http.post(url, params={"messageId": mid}, content=b"{", headers=auth)
+        assert bad.status_code == 400 and bad.json()["error"]["status"] == "INVALID_ARGUMENT"
+        unknown = http.post(
+            f"{carrier}/rbm/v1/phones/+447911100001/agentMessages",
+            params={"messageId": str(uuid.uuid4())},
+            json=body,
+            headers=auth,
+        )
+        assert unknown.status_code == 404 and unknown.json()["error"]["status"] == "NOT_FOUND"
+        notphone = http.post(
+            f"{carrier}/rbm/v1/phones/12345/agentMessages",
+            params={"messageId": str(uuid.uuid4())},
+            json=body,
+            headers=auth,
+        )
+        assert notphone.status_code == 400
+    assert [m["provider_message_id"] for m in _carried(carrier)] == [mid]

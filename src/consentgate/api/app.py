@@ -17,6 +17,7 @@ from consentgate.api.routers import privacy as privacy_router
 from consentgate.bootstrap import App
 from consentgate.observability.http import AccessLog
 from consentgate.sandbox import create_sandbox
+from consentgate.sandbox.fastpath import RbmFastPath
 
 
 def create_app(core: App) -> FastAPI:
@@ -49,11 +50,13 @@ def create_app(core: App) -> FastAPI:
         # The sandbox carrier is the default provider: serve it here, at /sandbox.
         app.mount(
             "/sandbox",
-            create_sandbox(
-                f"{core.settings.consent.public_url}/v1/providers/rbm/callbacks",
-                core.sandbox_secrets["rbm"],
-                core.sandbox_secrets["twilio"],
-                http=httpx.Client(timeout=5.0),
+            RbmFastPath(  # RBM sends without FastAPI's per-request cost (sandbox/fastpath.py)
+                create_sandbox(
+                    f"{core.settings.consent.public_url}/v1/providers/rbm/callbacks",
+                    core.sandbox_secrets["rbm"],
+                    core.sandbox_secrets["twilio"],
+                    http=httpx.Client(timeout=5.0),
+                )
             ),
         )
     app.add_middleware(BodyLimit, max_bytes=core.settings.server.max_body_bytes)

@@ -12,6 +12,7 @@ unchanged. The sandbox is a test carrier; the front changes no behaviour a clien
 from __future__ import annotations
 
 import json
+import logging
 import re
 from urllib.parse import parse_qs
 
@@ -21,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 from consentgate.delivery.providers.base import E164
 from consentgate.sandbox.app import google_error
 
+log = logging.getLogger("consentgate.sandbox")
 _CREATE = re.compile(r"^/rbm/v1/phones/([^/]+)/agentMessages$")
 
 
@@ -57,9 +59,13 @@ class RbmFastPath:
         elif not E164.match(phone):
             status, answer = 400, google_error(400, "The phone number is not in E.164 format.")
         else:
-            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            message_id = (query.get("messageId") or [None])[0]
-            status, answer = carrier.rbm_create(phone, message_id, raw)
+            try:
+                query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+                message_id = (query.get("messageId") or [None])[0]
+                status, answer = carrier.rbm_create(phone, message_id, raw)
+            except Exception as exc:  # as the app's _Contain: no traceback quoting a number
+                log.error("sandbox: unexpected %s", type(exc).__name__)
+                status, answer = 500, google_error(500, "sandbox error")
         body = json.dumps(answer, separators=(",", ":")).encode("utf-8")
         await send(
             {
