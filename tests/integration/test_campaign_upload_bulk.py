@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from consentgate.bootstrap import App
 from consentgate.delivery.campaigns import BATCH
+from consentgate.delivery.sealed import unseal_number
 from consentgate.delivery.templates import Template
 from consentgate.domain.identity import normalise_phone
 from consentgate.errors import InvalidInput
@@ -61,4 +62,5 @@ def test_upload_in_batches_matches_the_one_by_one_answers(core: App, backend: st
         assert (
             r.hashed_id == core.links.hash_identifier("acme", normalise_phone(e164, None)).current
         )
-        assert core.campaigns._unseal("acme", campaign, r.seq, r.sealed, r.wrapped_key) == e164
+        context = f"{campaign}:{r.seq}"
+        assert unseal_number(core.keystore, "acme", context, r.sealed, r.wrapped_key) == e164
