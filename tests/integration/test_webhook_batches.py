@@ -124,3 +124,29 @@ def test_batcher_answers_each_caller_from_one_thread(
     assert isinstance(answers[12], InvalidInput) and answers[12].field == "body"
     assert sum(seen) == 13 and len(seen) < 13  # queued requests were taken together
     assert sorted(a.body["events"][0]["seq"] for a in answers[:12]) == list(range(12))
+
+
+def test_tenants_on_their_own_batcher_threads(
+    core: App, tenant: dict[str, Any], clock: FixedClock
+) -> None:
+    """deliver(): each tenant's deliveries go to one batcher thread (so they can share a
+    transaction), different tenants' may commit side by side; every caller gets its own."""
+    beta = core.tenants.create("beta", "GB")
+    secrets_ = {"acme": tenant["webhook_secret"], "beta": beta["webhook_secret"]}
+
+    async def run() -> list[WebhookOutcome]:
+        return await asyncio.gather(
+            *(
+                core.cmp_webhooks.deliver(
+                    _delivery(name, secrets_[name], clock, _event(f"{name}-{i}"), f"{name}{i}")
+                )
+                for i in range(10)
+                for name in ("acme", "beta")
+            )
+        )
+
+    answers = asyncio.run(run())
+    assert [a.status for a in answers] == [201] * 20
+    for first in (0, 1):  # acme's answers, then beta's (they alternate)
+        seqs = sorted(a.body["events"][0]["seq"] for a in answers[first::2])
+        assert seqs == list(range(10))  # each tenant's own ledger, each event once

@@ -8,6 +8,7 @@ crash between commit and response.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ _STORED = (
     "SELECT webhook_id, status_code, response FROM webhook_receipts "
     "WHERE tenant_id = :t AND webhook_id IN ({})"
 )
+_SHARDS = 8  # batcher threads per process, each started on its first delivery
 _ANSWER_COLUMNS = ("tenant_id", "webhook_id", "status_code", "response", "received_us")
 
 
@@ -80,7 +82,11 @@ class CmpWebhookService:
         self._committer = committer
         self._clock = clock
         self._adapters = dict(adapters)
-        self._batcher: Batcher[Delivery, WebhookOutcome] = Batcher(self.handle_many, "cmp-webhooks")
+        # A tenant's deliveries always go to the same batcher thread (one transaction per
+        # batch and tenant); tenants on different threads commit side by side.
+        self._batchers: list[Batcher[Delivery, WebhookOutcome]] = [
+            Batcher(self.handle_many, f"cmp-webhooks-{n}") for n in range(_SHARDS)
+        ]
 
     @property
     def adapter_names(self) -> list[str]:
@@ -148,10 +154,12 @@ class CmpWebhookService:
     async def deliver(self, delivery: Delivery) -> WebhookOutcome:
         """For an event loop: :meth:`handle_many` in a worker thread, together with whatever
         other deliveries are waiting (:mod:`consentgate.consent.batcher`)."""
-        return await self._batcher.submit(delivery)
+        shard = zlib.crc32(delivery.tenant.encode()) % _SHARDS
+        return await self._batchers[shard].submit(delivery)
 
     def close(self) -> None:
-        self._batcher.close()
+        for batcher in self._batchers:
+            batcher.close()
 
     def handle(
         self, tenant: str, adapter: str, headers: Mapping[str, str], body: bytes
