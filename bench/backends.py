@@ -15,26 +15,10 @@ from typing import Any
 import psycopg
 
 from consentgate.ledger import merkle
+from consentgate.ledger.store import ENTRY_COLUMNS
 
-ENTRY_COLUMNS = (
-    "tenant_id",
-    "seq",
-    "event_id",
-    "subject_ref",
-    "consent_type",
-    "status",
-    "ts_us",
-    "received_us",
-    "consent_id",
-    "content_hash",
-    "leaf",
-    "leaf_hash",
-)
-
-# PostgreSQL types of those columns, for binary COPY.
 ENTRY_TYPES = ("varchar", "int8", "varchar", "varchar", "varchar", "varchar", "int8", "int8")
 ENTRY_TYPES += ("varchar", "bytea", "bytea", "bytea")
-NODE_COLUMNS = ("tenant_id", "level", "idx", "hash")
 NODE_TYPES = ("varchar", "int2", "int8", "bytea")
 LINK_COLUMNS = ("tenant_id", "hashed_id", "salt_version", "subject_ref", "created_us")
 STATE_COLUMNS = (

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import data
-from bench.backends import ENTRY_COLUMNS, Backend, Row
+from bench.backends import Backend, Row
 from bench.common import Figure, latency_summary
 from bench.config import Sizes
 from consentgate.bootstrap import App
 from consentgate.consent.ingest import EventInput
 from consentgate.domain.timeutil import to_micros
-from consentgate.ledger.store import NewLeaf
+from consentgate.ledger.store import ENTRY_COLUMNS, NewLeaf
 from consentgate.storage.engine import read_tx, write_tx
 from consentgate.storage.tables import ledger_heads
 

@@ -25,14 +25,14 @@ from typing import Any
 from sqlalchemy import event
 
 from bench import data
-from bench.backends import ENTRY_COLUMNS, NODE_COLUMNS, Backend, Row
+from bench.backends import Backend, Row
 from bench.common import Figure, latency_summary
 from bench.config import Sizes
 from consentgate.bootstrap import App
 from consentgate.domain.timeutil import to_micros
 from consentgate.ledger import merkle
 from consentgate.ledger.checkpoint import verify_note
-from consentgate.ledger.store import NewLeaf
+from consentgate.ledger.store import ENTRY_COLUMNS, NODE_COLUMNS, NewLeaf
 from consentgate.storage.engine import read_tx, write_tx
 
 TENANT = "tree"

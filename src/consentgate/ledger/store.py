@@ -28,7 +28,7 @@ _LOCK_HEAD_PG = _LOCK_HEAD + " FOR UPDATE"
 _MOVE_HEAD = (
     "UPDATE ledger_heads SET tree_size = :s, root_hash = :r, frontier = :f WHERE tenant_id = :t"
 )
-_ENTRY_COLUMNS = (
+ENTRY_COLUMNS = (
     "tenant_id",
     "seq",
     "event_id",
@@ -42,7 +42,7 @@ _ENTRY_COLUMNS = (
     "leaf",
     "leaf_hash",
 )
-_NODE_COLUMNS = ("tenant_id", "level", "idx", "hash")
+NODE_COLUMNS = ("tenant_id", "level", "idx", "hash")
 _INSERT_CHECKPOINT = lean.insert_sql(
     "checkpoints", ("tenant_id", "tree_size", "root_hash", "note", "kid", "created_us")
 )
@@ -154,8 +154,8 @@ class LedgerStore:
             for (level, idx), value in frontier.append(digest):
                 node_rows.append({"tenant_id": tenant, "level": level, "idx": idx, "hash": value})
         # Lean statements (consentgate.storage.lean): this runs in every ingest commit.
-        lean.insert_rows(conn, "ledger_entries", _ENTRY_COLUMNS, leaf_rows)
-        lean.insert_rows(conn, "ledger_nodes", _NODE_COLUMNS, node_rows)
+        lean.insert_rows(conn, "ledger_entries", ENTRY_COLUMNS, leaf_rows)
+        lean.insert_rows(conn, "ledger_nodes", NODE_COLUMNS, node_rows)
         root = frontier.root()
         lean.run(
             conn,
