@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from sqlalchemy import Connection
 
 from consentgate.bootstrap import App, build
 from consentgate.config import load_settings
 from consentgate.crypto.keystore import KeyKind
-from consentgate.errors import ConsentGateError, LedgerTampered
+from consentgate.errors import ConsentGateError, LedgerTampered, NotFound
+from consentgate.ledger.store import SignedCheckpoint
 from consentgate.ledger.verify import verify_tenant
 from consentgate.storage.engine import read_tx
 from consentgate.tenants.service import parse_scopes
@@ -303,22 +305,119 @@ def _with_progress(tenant: str, run: Callable[[Callable[[int, int], None] | None
 @ledger_cli.command("verify")
 def ledger_verify(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant (default: all)")] = None,
+    against_checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A signed checkpoint saved earlier (`ledger checkpoint --out`); the ledger "
+            "must extend it (consistency proof). Repeat for several tenants"
+        ),
+    ] = None,
 ) -> None:
-    """Recompute every leaf, node, checkpoint and state row; exit 1 at the first bad seq."""
+    """Recompute every leaf, node, checkpoint and state row; exit 1 at the first bad seq, or
+    when the ledger does not extend a saved checkpoint (shorter: acknowledged events lost)."""
+    from consentgate.ledger.extends import NotExtended, check_extends
+
     with _app() as app:
         names = [tenant] if tenant else app.tenants.names()
+        saved = _saved_checkpoints(app, names, against_checkpoint or [])
         reports = []
         for name in names:
             try:
                 with read_tx(app.engine) as conn:
                     report = _with_progress(name, partial(verify_tenant, conn, name, app.ledger))
+                    extends = [
+                        check_extends(conn, name, app.ledger, n) for n in saved.get(name, [])
+                    ]
             except LedgerTampered as exc:
                 where = f"first bad seq: {exc.seq}" if exc.seq is not None else "not leaf-specific"
                 typer.echo(f"TAMPERED tenant={name} {where}: {exc.detail}", err=True)
                 _emit({"ok": False, "tenant": name, "first_bad_seq": exc.seq, "detail": exc.detail})
                 raise typer.Exit(1) from None
-            reports.append(report.as_dict())
+            except NotExtended as exc:
+                typer.echo(f"NOT EXTENDED tenant={name} ({exc.reason}): {exc.detail}", err=True)
+                _emit(
+                    {
+                        "ok": False,
+                        "tenant": name,
+                        "reason": exc.reason,
+                        "missing": exc.missing,
+                        "detail": exc.detail,
+                    }
+                )
+                raise typer.Exit(1) from None
+            reports.append(report.as_dict() | {"extends": [e.as_dict() for e in extends]})
         _emit(reports)
+
+
+def _saved_checkpoints(app: App, names: list[str], files: list[Path]) -> dict[str, list[str]]:
+    """Saved checkpoint notes by tenant, matched by their origin line."""
+    from consentgate.ledger.extends import note_origin
+
+    by_origin = {app.ledger.origin(name): name for name in names}
+    found: dict[str, list[str]] = {}
+    for path in files:
+        try:
+            note = path.read_text()
+            origin = note_origin(note)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            typer.echo(f"error: cannot read checkpoint {path}: {exc}", err=True)
+            raise typer.Exit(2) from None
+        if origin not in by_origin:
+            typer.echo(
+                f"error: {path} is a checkpoint of {origin!r}, no tenant verified here", err=True
+            )
+            raise typer.Exit(2)
+        found.setdefault(by_origin[origin], []).append(note)
+    return found
+
+
+@ledger_cli.command("checkpoint")
+def ledger_checkpoint(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant (default: all)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write <tenant>.checkpoint files into this directory")
+    ] = None,
+) -> None:
+    """Each tenant's latest signed checkpoint, to keep outside the database (before a backup,
+    on a schedule): `ledger verify --against-checkpoint` proves a restored ledger extends it."""
+    with _app() as app, read_tx(app.engine) as conn:
+        names = [tenant] if tenant else app.tenants.names()
+        notes = {name: _latest_or_none(app, conn, name) for name in names}
+    written: dict[str, Any] = {}
+    for name, cp in notes.items():
+        if cp is None:
+            written[name] = {"tree_size": 0, "checkpoint": None}  # nothing recorded yet
+        elif out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            path = out / f"{name}.checkpoint"
+            path.write_text(cp.note)
+            written[name] = {"tree_size": cp.tree_size, "file": str(path)}
+        else:
+            written[name] = {"tree_size": cp.tree_size, "checkpoint": cp.note}
+    _emit(written)
+
+
+def _latest_or_none(app: App, conn: Connection, tenant: str) -> SignedCheckpoint | None:
+    if not app.tenants.exists(tenant):
+        typer.echo(f"error: no tenant named {tenant!r}", err=True)
+        raise typer.Exit(2)
+    try:
+        return app.ledger.latest_checkpoint(conn, tenant)
+    except NotFound:
+        return None
+
+
+@cli.command()
+def backup(
+    to: Annotated[Path, typer.Option(help="The backup file to create (never overwritten)")],
+) -> None:
+    """Online backup of the SQLite store (sqlite3 backup API: one consistent snapshot while the
+    service writes), checked and synced; prints each tenant's tree size and checkpoint in it.
+    PostgreSQL: pg_dump / pg_basebackup (docs/operations.md). Keys are not included."""
+    from consentgate.storage.backup import backup_sqlite
+
+    with _app() as app:
+        _emit(backup_sqlite(app.engine, to).as_dict())
 
 
 def _read_json(path: Path, what: str) -> Any:
