@@ -1,0 +1,1 @@
+"""The reliability suite: real processes killed, a database stopped, hostile input."""
