@@ -53,10 +53,10 @@ def _run(env: dict[str, str], *args: str) -> tuple[int, Any]:
     return result.exit_code, out
 
 
-def _save_checkpoint(env: dict[str, str], out: Path) -> Path:
+def _save_checkpoint(env: dict[str, str], out: Path) -> tuple[Path, int]:
     code, written = _run(env, "ledger", "checkpoint", "--tenant", "acme", "--out", str(out))
     assert code == 0, written
-    return Path(written["acme"]["file"])
+    return Path(written["acme"]["file"]), int(written["acme"]["tree_size"])
 
 
 def _backup(
@@ -117,7 +117,8 @@ def test_restore_verifies_and_extends_the_checkpoint_saved_before(
     saved: App,
     tmp_path: Path,
 ) -> None:
-    before = _save_checkpoint(env, tmp_path / "before")  # size 6
+    before, before_size = _save_checkpoint(env, tmp_path / "before")
+    assert before_size == 6
     saved.ingest.ingest("acme", "GB", _events(6, 4), batch=True)  # size 10
     # The backup is taken while another thread keeps ingesting: it must hold a consistent
     # snapshot of whatever had committed when it began.
@@ -137,7 +138,8 @@ def test_restore_verifies_and_extends_the_checkpoint_saved_before(
         stop.set()
         writer.join()
     saved.ingest.ingest("acme", "GB", _events(written[0], 3), batch=True)
-    after = _save_checkpoint(env, tmp_path / "after")  # every acknowledged event
+    after, after_size = _save_checkpoint(env, tmp_path / "after")
+    assert after_size == written[0] + 3  # every acknowledged event
 
     restored = _restore(request, backend, env, tmp_path / "backup.db", "r1")
     code, reports = _run(restored, "ledger", "verify", "--against-checkpoint", str(before))
@@ -153,7 +155,7 @@ def test_restore_verifies_and_extends_the_checkpoint_saved_before(
     assert code == 1
     assert problem["ok"] is False
     assert problem["reason"] == "behind"
-    assert problem["missing"] == written[0] + 3 - report["tree_size"]
+    assert problem["missing"] == after_size - report["tree_size"]
 
     # The live store itself extends both checkpoints.
     code, live = _run(
@@ -161,7 +163,7 @@ def test_restore_verifies_and_extends_the_checkpoint_saved_before(
         str(after),
     )  # fmt: skip
     assert code == 0, live
-    assert [e["checkpoint_size"] for e in live[0]["extends"]] == [6, written[0] + 3]
+    assert [e["checkpoint_size"] for e in live[0]["extends"]] == [6, after_size]
 
 
 def test_backup_refuses_to_overwrite(
