@@ -94,7 +94,9 @@ class App:
         unless ``workers`` is False, the workers named in ``kinds``: the dispatch worker
         (campaign queue) and the relay (outbox → CRM/CMP webhooks)."""
         if self.engine.dialect.name == "postgresql" and self._listener is None:
-            listener = InvalidationListener(libpq_dsn(self.engine), self.gate.cache)
+            listener = InvalidationListener(
+                libpq_dsn(self.engine), self.gate.cache, metrics=self.metrics
+            )
             object.__setattr__(self, "_listener", listener)
             listener.start()
         if workers and "dispatch" in kinds and self._worker is None:

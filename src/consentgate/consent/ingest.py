@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -548,17 +549,20 @@ CONSENT_CHANNEL = "consentgate_consent"
 def notify_changes(conn: Connection, tenant: str, keys: list[tuple[str, str]]) -> None:
     """PostgreSQL NOTIFY, delivered to every listening process when the transaction commits.
     Payload lines are ``tenant subject_ref purpose`` (random refs: nothing personal), split
-    to stay under the 8000-byte payload limit."""
+    to stay under the 8000-byte payload limit, after a first line ``@<microseconds>``: the
+    wall clock just before the commit, from which listeners measure how long the change took
+    to reach them (an upper bound: the commit is a little later)."""
     lines = [f"{tenant} {ref} {purpose}" for ref, purpose in keys]
-    chunk: list[str] = []
-    size = 0
+    stamp = f"@{time.time_ns() // 1000}"
+    chunk: list[str] = [stamp]
+    size = len(stamp) + 1
     for line in lines:
         if size + len(line) + 1 > 7000:
             lean.rows(conn, _NOTIFY, {"c": CONSENT_CHANNEL, "p": "\n".join(chunk)})
-            chunk, size = [], 0
+            chunk, size = [stamp], len(stamp) + 1
         chunk.append(line)
         size += len(line) + 1
-    if chunk:
+    if len(chunk) > 1:
         lean.rows(conn, _NOTIFY, {"c": CONSENT_CHANNEL, "p": "\n".join(chunk)})
 
 

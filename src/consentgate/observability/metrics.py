@@ -271,6 +271,14 @@ class Metrics:
             (closed(METHODS), route_label),
         )
 
+        self._invalidation_reach = Histogram(
+            "consentgate_consent_invalidation_reach_seconds",
+            "From a consent change's NOTIFY (the writer's clock just before its commit) to its "
+            "arrival at this process's cache listener, per changed key (PostgreSQL)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=r,
+        )
+
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)
         self._collectors.append(collector)
@@ -371,6 +379,12 @@ class Metrics:
         self._webhooks.child(kind, event_type, outcome).inc()
         if outcome == "delivered" and lag_seconds is not None:
             self._webhook_lag.child(kind).observe(max(0.0, lag_seconds))
+
+    def invalidation_reached(self, seconds: float, keys: int = 1) -> None:
+        """A NOTIFY of ``keys`` consent changes reached this process ``seconds`` after the
+        writer stamped it."""
+        for _ in range(keys):
+            self._invalidation_reach.observe(seconds)
 
     def http_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self._http.child(method, route, status).inc()
