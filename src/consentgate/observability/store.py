@@ -1,4 +1,5 @@
-"""Gauges read from the database at scrape time: the work queues as every process sees them.
+"""Gauges read from the database at scrape time: the work queues and the ledger's signing lag,
+as every process sees them.
 
 A counter in one process cannot say how deep a queue is when several processes fill and
 drain it, so queue depths are asked of the store on each scrape, with cheap queries only:
@@ -23,7 +24,14 @@ from consentgate.domain.clock import Clock
 from consentgate.domain.timeutil import to_micros
 from consentgate.errors import ConsentGateError
 from consentgate.storage.engine import read_tx
-from consentgate.storage.tables import campaign_recipients, outbox_deliveries, tenants
+from consentgate.storage.tables import (
+    campaign_recipients,
+    checkpoints,
+    ledger_entries,
+    ledger_heads,
+    outbox_deliveries,
+    tenants,
+)
 
 log = logging.getLogger("consentgate.metrics")
 
@@ -108,13 +116,64 @@ def webhook_queue(conn: Connection, now_us: int) -> Iterator[Metric]:
     yield age
 
 
+def ledger_checkpoints(conn: Connection, now_us: int) -> Iterator[Metric]:
+    """Per tenant: leaves past the newest signed checkpoint, and how long that checkpoint has
+    lagged the head. Receipts and proofs of unsigned leaves need a newer checkpoint, and a
+    saved checkpoint (the restore check) covers only what was signed. Each figure is one
+    probe of the checkpoints primary key (tenant_id, tree_size) per tenant."""
+    newest = (
+        select(checkpoints.c.tree_size, checkpoints.c.created_us)
+        .where(checkpoints.c.tenant_id == ledger_heads.c.tenant_id)
+        .order_by(checkpoints.c.tree_size.desc())
+        .limit(1)
+    )
+    unsigned = GaugeMetricFamily(
+        "consentgate_ledger_unsigned_leaves",
+        "Ledger leaves not yet covered by a signed checkpoint (0 when checkpoints are signed "
+        "in every append commit)",
+        labels=["tenant"],
+    )
+    age = GaugeMetricFamily(
+        "consentgate_ledger_checkpoint_age_seconds",
+        "While leaves are unsigned: age of the tenant's newest signed checkpoint (0 when it "
+        "covers the head)",
+        labels=["tenant"],
+    )
+    rows = conn.execute(
+        select(
+            ledger_heads.c.tenant_id,
+            ledger_heads.c.tree_size,
+            newest.with_only_columns(checkpoints.c.tree_size).scalar_subquery(),
+            newest.with_only_columns(checkpoints.c.created_us).scalar_subquery(),
+        ).order_by(ledger_heads.c.tenant_id)
+    )
+    for tenant, head, signed, signed_us in rows:
+        behind = max(0, int(head) - int(signed or 0))
+        unsigned.add_metric([tenant], behind)
+        lag = 0.0
+        if behind and signed_us is not None:
+            lag = max(0.0, (now_us - int(signed_us)) / 1e6)
+        elif behind:  # nothing signed yet: as old as the tenant's first leaf
+            first = conn.execute(
+                select(func.min(ledger_entries.c.received_us)).where(
+                    ledger_entries.c.tenant_id == tenant
+                )
+            ).scalar()
+            lag = 0.0 if first is None else max(0.0, (now_us - int(first)) / 1e6)
+        age.add_metric([tenant], lag)
+    yield unsigned
+    yield age
+
+
 class StoreCollector(Collector):
     """Runs each probe in one read transaction per scrape (bounded to 2 s on PostgreSQL)."""
 
     def __init__(self, engine: Engine, clock: Clock, probes: list[Probe] | None = None) -> None:
         self._engine = engine
         self._clock = clock
-        self._probes: list[Probe] = list(probes or [campaign_queue, webhook_queue])
+        self._probes: list[Probe] = list(
+            probes or [campaign_queue, webhook_queue, ledger_checkpoints]
+        )
 
     def add_probe(self, probe: Probe) -> None:
         self._probes.append(probe)
@@ -144,4 +203,11 @@ class StoreCollector(Collector):
         yield from gathered
 
 
-__all__ = ["OPEN_RECIPIENT_STATES", "Probe", "StoreCollector", "campaign_queue", "webhook_queue"]
+__all__ = [
+    "OPEN_RECIPIENT_STATES",
+    "Probe",
+    "StoreCollector",
+    "campaign_queue",
+    "ledger_checkpoints",
+    "webhook_queue",
+]
