@@ -38,6 +38,7 @@ from consentgate.domain.clock import Clock, SystemClock
 from consentgate.gate import cache as state_cache
 from consentgate.gate.gate import ConsentGate
 from consentgate.gate.notify import InvalidationListener, libpq_dsn
+from consentgate.ledger.signer import CheckpointSigner, CheckpointWorker
 from consentgate.ledger.store import LedgerStore
 from consentgate.observability.metrics import Metrics
 from consentgate.observability.store import StoreCollector
@@ -85,14 +86,19 @@ class App:
     _listener: InvalidationListener | None = None
     _worker: DispatchWorker | None = None
     _relay: RelayWorker | None = None
+    _checkpointer: CheckpointWorker | None = None
 
     def start_background(
-        self, *, workers: bool = True, kinds: Collection[str] = ("dispatch", "relay")
+        self,
+        *,
+        workers: bool = True,
+        kinds: Collection[str] = ("dispatch", "relay", "checkpoint"),
     ) -> None:
         """What a long-running process needs beyond requests: on PostgreSQL, the listener
         that evicts this process's consent cache when another process changes consent; and,
         unless ``workers`` is False, the workers named in ``kinds``: the dispatch worker
-        (campaign queue) and the relay (outbox → CRM/CMP webhooks)."""
+        (campaign queue), the relay (outbox → CRM/CMP webhooks) and the checkpoint worker
+        (signs moved ledger heads, makes month partitions ahead)."""
         if self.engine.dialect.name == "postgresql" and self._listener is None:
             listener = InvalidationListener(
                 libpq_dsn(self.engine), self.gate.cache, metrics=self.metrics
@@ -107,6 +113,13 @@ class App:
             relay = self.relay_worker()
             object.__setattr__(self, "_relay", relay)
             relay.start()
+        if workers and "checkpoint" in kinds and self._checkpointer is None:
+            checkpointer = CheckpointWorker(
+                CheckpointSigner(self.engine, self.ledger, self.clock),
+                self.settings.consent.checkpoint_interval_seconds,
+            )
+            object.__setattr__(self, "_checkpointer", checkpointer)
+            checkpointer.start()
 
     def relay_worker(self) -> RelayWorker:
         """A relay worker (not started) with its own HTTP sender."""
@@ -116,6 +129,8 @@ class App:
         return RelayWorker(relay, sender, hooks.poll_seconds)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         if self._relay is not None:
             self._relay.stop()
         if self._worker is not None:
@@ -141,7 +156,11 @@ def build(
     if run_migrations:
         migrate(engine)
     keystore = keystore or LocalKeyStore(settings.keys.key_dir, settings.keys.master_key)
-    ledger = LedgerStore(keystore, settings.consent.log_origin_prefix)
+    ledger = LedgerStore(
+        keystore,
+        settings.consent.log_origin_prefix,
+        sign_on_commit=settings.consent.checkpoint_on_commit,
+    )
     tenants = TenantService(engine, keystore, ledger, clock)
     metrics.bind_names(tenants.exists, lambda tenant, purpose: purpose in tenants.catalogue(tenant))
     links = SubjectLinks(keystore)

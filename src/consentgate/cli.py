@@ -168,6 +168,7 @@ def serve(
 class WorkerKind(StrEnum):
     relay = "relay"
     dispatch = "dispatch"
+    checkpoint = "checkpoint"
     all = "all"
 
 
@@ -175,7 +176,11 @@ class WorkerKind(StrEnum):
 def worker(
     kind: Annotated[
         WorkerKind,
-        typer.Option(help="relay (outbox → CRM/CMP webhooks), dispatch (campaigns) or all"),
+        typer.Option(
+            help="relay (outbox → CRM/CMP webhooks), dispatch (campaigns), checkpoint (signs "
+            "moved ledger heads every CONSENTGATE_CHECKPOINT_INTERVAL_SECONDS; makes month "
+            "partitions ahead on PostgreSQL) or all"
+        ),
     ] = WorkerKind.all,
     log_level: Annotated[str, typer.Option(help="Log level (debug, info, warning, ...)")] = "info",
     metrics_port: Annotated[
@@ -201,7 +206,7 @@ def worker(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    kinds = ("dispatch", "relay") if kind is WorkerKind.all else (kind.value,)
+    kinds = ("dispatch", "relay", "checkpoint") if kind is WorkerKind.all else (kind.value,)
     log = logging.getLogger("consentgate.worker")
     with _app() as app:
         app.start_background(kinds=kinds)

@@ -46,6 +46,10 @@ class ConsentSettings:
     # How long a dispatch claim (and a pending message claim) is held before another worker
     # may take it over: longer than any single send can take.
     dispatch_lease_seconds: float = 60.0
+    # Ledger checkpoints: signed in every append commit (True), or only by the checkpoint
+    # workers, every checkpoint_interval_seconds, for each tenant whose head moved (False).
+    checkpoint_on_commit: bool = True
+    checkpoint_interval_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,17 @@ def _dispatch(env: Mapping[str, str]) -> DispatchSettings:
     )
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise InvalidInput(f"{name} must be true or false", field=name)
+
+
 def _log_format(env: Mapping[str, str]) -> str:
     value = env.get("CONSENTGATE_LOG_FORMAT", "json").strip().lower() or "json"
     if value not in ("json", "text"):
@@ -195,6 +210,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             gate_cache_seconds=float(env.get("CONSENTGATE_GATE_CACHE_SECONDS", "30")),
             sandbox_url=env.get("CONSENTGATE_SANDBOX_URL", "").rstrip("/"),
             dispatch_lease_seconds=float(env.get("CONSENTGATE_DISPATCH_LEASE_SECONDS", "60")),
+            checkpoint_on_commit=_bool(env, "CONSENTGATE_CHECKPOINT_ON_COMMIT", True),
+            checkpoint_interval_seconds=_float(
+                env, "CONSENTGATE_CHECKPOINT_INTERVAL_SECONDS", 1.0, 0.01
+            ),
         ),
         server=ServerSettings(
             host=env.get("CONSENTGATE_HOST", "127.0.0.1"),

@@ -16,14 +16,16 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 
 from consentgate.audit.bundle import FORMAT, SIGNATURE_TYP, digest
-from consentgate.consent.receipts import ReceiptService
+from consentgate.consent.receipts import ON_DEMAND_ATTEMPTS, ReceiptService
 from consentgate.consent.subjects import SubjectLinks, check_hashed_id
 from consentgate.crypto.jws import sign_compact
 from consentgate.crypto.keystore import KeyStore
 from consentgate.crypto.signing import public_jwk
 from consentgate.domain.clock import Clock
 from consentgate.domain.timeutil import format_rfc3339, from_micros
+from consentgate.errors import StoreUnavailable
 from consentgate.ledger.leaf import canonical
+from consentgate.ledger.signer import sign_tenant
 from consentgate.ledger.store import LedgerStore, b64
 from consentgate.storage.engine import snapshot_tx
 from consentgate.storage.tables import ledger_entries, message_events, messages
@@ -74,19 +76,32 @@ class ExportService:
     def export(self, tenant: str, hashed_id: str) -> bytes:
         check_hashed_id(hashed_id)
         now = self._clock.now()
-        with snapshot_tx(self._engine) as conn:
-            ref = self._links.resolve_hashed(conn, tenant, hashed_id)
-            leaves = conn.execute(
-                select(ledger_entries.c.seq, ledger_entries.c.leaf)
-                .where(ledger_entries.c.tenant_id == tenant, ledger_entries.c.subject_ref == ref)
-                .order_by(ledger_entries.c.seq)
-            ).all()
-            checkpoint = self._ledger.latest_checkpoint(conn, tenant)
-            proofs = self._ledger.inclusion_proofs(
-                conn, tenant, [int(r.seq) for r in leaves], checkpoint.tree_size
-            )
-            receipts = self._receipts.receipts_for(conn, tenant, hashed_id, ref, checkpoint, now)
-            sends = self._sends(conn, tenant, ref)
+        for _ in range(ON_DEMAND_ATTEMPTS):
+            with snapshot_tx(self._engine) as conn:
+                ref = self._links.resolve_hashed(conn, tenant, hashed_id)
+                leaves = conn.execute(
+                    select(ledger_entries.c.seq, ledger_entries.c.leaf)
+                    .where(
+                        ledger_entries.c.tenant_id == tenant, ledger_entries.c.subject_ref == ref
+                    )
+                    .order_by(ledger_entries.c.seq)
+                ).all()
+                found = self._ledger.newest_checkpoint(conn, tenant)
+                if found is not None and (not leaves or found.tree_size > int(leaves[-1].seq)):
+                    checkpoint = found
+                    proofs = self._ledger.inclusion_proofs(
+                        conn, tenant, [int(r.seq) for r in leaves], checkpoint.tree_size
+                    )
+                    receipts = self._receipts.receipts_for(
+                        conn, tenant, hashed_id, ref, checkpoint, now
+                    )
+                    sends = self._sends(conn, tenant, ref)
+                    break
+            # Only when the workers sign checkpoints (CONSENTGATE_CHECKPOINT_ON_COMMIT=false):
+            # the newest does not cover this subject's leaves yet, so sign the head now.
+            sign_tenant(self._engine, self._ledger, self._clock, tenant)
+        else:
+            raise StoreUnavailable("the ledger's newest events are not yet in a signed checkpoint")
         catalogue = self._tenants.catalogue(tenant)
         bundle: dict[str, Any] = {
             "format": FORMAT,

@@ -23,8 +23,9 @@ from consentgate.domain.clock import Clock
 from consentgate.domain.consent import ConsentStatus, Purpose, StateEntry
 from consentgate.domain.reasons import consent_refusal
 from consentgate.domain.timeutil import format_rfc3339, from_micros, parse_rfc3339
-from consentgate.errors import ConsentRefused, InvalidInput, NotFound
+from consentgate.errors import ConsentRefused, InvalidInput, NotFound, StoreUnavailable
 from consentgate.ledger.leaf import parse_leaf
+from consentgate.ledger.signer import sign_tenant
 from consentgate.ledger.store import LedgerStore, SignedCheckpoint, b64
 from consentgate.storage.engine import read_tx
 from consentgate.storage.tables import consent_state
@@ -32,6 +33,9 @@ from consentgate.tenants.service import TenantService
 
 RECEIPT_TYP = "consent-receipt+jwt"
 MAX_TOKEN_TTL = timedelta(minutes=15)
+# Reads retried after an on-demand checkpoint (an append may land between the signature and
+# the read each time; more than a couple in a row means the tenant is ingesting flat out).
+ON_DEMAND_ATTEMPTS = 4
 
 
 class ReceiptService:
@@ -74,17 +78,24 @@ class ReceiptService:
     def receipt(self, tenant: str, hashed_id: str, consent_type: str) -> dict[str, Any]:
         check_hashed_id(hashed_id)
         now = self._clock.now()
-        with read_tx(self._engine) as conn:
-            catalogue = self._tenants.catalogue(tenant)
-            if consent_type not in catalogue:
-                raise InvalidInput("unknown consent_type", field="consent_type")
-            ref = self._links.resolve_hashed(conn, tenant, hashed_id)
-            entry = self._state(conn, tenant, ref, consent_type)
-            if entry is None:
-                raise NotFound("no consent has been recorded for this subject and purpose")
-            # Read after the state row, so under READ COMMITTED it covers that row's leaf.
-            checkpoint = self._ledger.latest_checkpoint(conn, tenant)
-            return self.issue(conn, tenant, hashed_id, consent_type, entry, checkpoint, now)
+        for _ in range(ON_DEMAND_ATTEMPTS):
+            with read_tx(self._engine) as conn:
+                catalogue = self._tenants.catalogue(tenant)
+                if consent_type not in catalogue:
+                    raise InvalidInput("unknown consent_type", field="consent_type")
+                ref = self._links.resolve_hashed(conn, tenant, hashed_id)
+                entry = self._state(conn, tenant, ref, consent_type)
+                if entry is None:
+                    raise NotFound("no consent has been recorded for this subject and purpose")
+                # Read after the state row, so under READ COMMITTED it covers that row's leaf
+                # when every commit signs one; otherwise it may not yet (see below).
+                checkpoint = self._ledger.newest_checkpoint(conn, tenant)
+                if checkpoint is not None and checkpoint.tree_size > entry.event_seq:
+                    return self.issue(conn, tenant, hashed_id, consent_type, entry, checkpoint, now)
+            # Checkpoints are signed by the workers (CONSENTGATE_CHECKPOINT_ON_COMMIT=false)
+            # and the newest does not cover this leaf yet: sign the head now and read again.
+            sign_tenant(self._engine, self._ledger, self._clock, tenant)
+        raise StoreUnavailable("the ledger's newest events are not yet in a signed checkpoint")
 
     def receipts_for(
         self,

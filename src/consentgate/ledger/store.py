@@ -5,6 +5,12 @@ level-0 hashes are the leaves' own ``leaf_hash``. A proof is therefore a plan of
 coordinates (pure, :mod:`consentgate.ledger.merkle`) fetched in two indexed queries — never a
 rebuild. The head row holds the frontier (compact range) so an append needs no reads beyond
 that row, and locking that row serialises appends per tenant (no global lock).
+
+Checkpoints: by default every append commit signs one (a receipt can always be proved at
+once). With ``sign_on_commit=False`` an append only moves the head, and checkpoint workers
+(:mod:`consentgate.ledger.signer`) sign each moved head periodically, off the append's
+critical section; receipts and exports then sign on demand when the newest checkpoint does
+not yet cover what they prove.
 """
 
 from __future__ import annotations
@@ -46,6 +52,15 @@ NODE_COLUMNS = ("tenant_id", "level", "idx", "hash")
 _INSERT_CHECKPOINT = lean.insert_sql(
     "checkpoints", ("tenant_id", "tree_size", "root_hash", "note", "kid", "created_us")
 )
+_HEAD = "SELECT tree_size, root_hash FROM ledger_heads WHERE tenant_id = :t"
+_SIGNED_AT = "SELECT 1 FROM checkpoints WHERE tenant_id = :t AND tree_size = :s"
+# Tenants whose head is past their newest checkpoint (the correlated max is one index probe
+# per tenant, pruned to the tenant's partition on PostgreSQL).
+_MOVED = (
+    "SELECT h.tenant_id FROM ledger_heads h WHERE h.tree_size > COALESCE("
+    "(SELECT max(c.tree_size) FROM checkpoints c WHERE c.tenant_id = h.tenant_id), 0) "
+    "ORDER BY h.tenant_id"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +98,12 @@ def b64(data: bytes) -> str:
 
 
 class LedgerStore:
-    def __init__(self, keystore: KeyStore, origin_prefix: str) -> None:
+    def __init__(
+        self, keystore: KeyStore, origin_prefix: str, *, sign_on_commit: bool = True
+    ) -> None:
         self._keys = keystore
         self._prefix = origin_prefix.rstrip("/")
+        self.sign_on_commit = sign_on_commit
 
     def origin(self, tenant: str) -> str:
         return f"{self._prefix}/{tenant}"
@@ -123,9 +141,10 @@ class LedgerStore:
     # -- append ------------------------------------------------------------------------------
     def append(
         self, conn: Connection, tenant: str, head: Head, leaves: Sequence[NewLeaf], now_us: int
-    ) -> tuple[list[bytes], SignedCheckpoint]:
+    ) -> tuple[list[bytes], SignedCheckpoint | None]:
         """Append ``leaves`` (whose seqs continue ``head``), store new nodes, move the head and
-        sign a checkpoint — all inside the caller's transaction. Returns the leaf hashes."""
+        (``sign_on_commit``) sign a checkpoint — all inside the caller's transaction. Returns
+        the leaf hashes and the checkpoint signed, if any."""
         frontier = head.frontier
         leaf_rows: list[dict[str, Any]] = []
         node_rows: list[dict[str, Any]] = []
@@ -162,7 +181,26 @@ class LedgerStore:
             _MOVE_HEAD,
             {"t": tenant, "s": frontier.size, "r": root, "f": b"".join(frontier.hashes)},
         )
+        if not self.sign_on_commit:
+            return hashes, None
         return hashes, self._checkpoint(conn, tenant, frontier.size, root, now_us)
+
+    # -- deferred checkpoints ----------------------------------------------------------------
+    def moved_tenants(self, conn: Connection) -> list[str]:
+        """Tenants whose head has leaves no checkpoint covers yet."""
+        return [str(r[0]) for r in lean.rows(conn, _MOVED, {})]
+
+    def sign_head(self, conn: Connection, tenant: str, now_us: int) -> SignedCheckpoint | None:
+        """Sign the tenant's current head unless it is empty or already signed. The caller
+        makes this exclusive per tenant (:mod:`consentgate.ledger.signer`), so a tree size
+        is never signed twice; the primary key would refuse a second row anyway."""
+        found = lean.rows(conn, _HEAD, {"t": tenant})
+        if not found:
+            raise NotFound(f"tenant {tenant!r} has no ledger")
+        size, root = int(found[0][0]), bytes(found[0][1])
+        if size == 0 or lean.rows(conn, _SIGNED_AT, {"t": tenant, "s": size}):
+            return None
+        return self._checkpoint(conn, tenant, size, root, now_us)
 
     def _checkpoint(
         self, conn: Connection, tenant: str, size: int, root: bytes, now_us: int
@@ -187,6 +225,12 @@ class LedgerStore:
 
     # -- reads -------------------------------------------------------------------------------
     def latest_checkpoint(self, conn: Connection, tenant: str) -> SignedCheckpoint:
+        found = self.newest_checkpoint(conn, tenant)
+        if found is None:
+            raise NotFound("the ledger has no checkpoint yet: record a consent event first")
+        return found
+
+    def newest_checkpoint(self, conn: Connection, tenant: str) -> SignedCheckpoint | None:
         row = conn.execute(
             select(checkpoints)
             .where(checkpoints.c.tenant_id == tenant)
@@ -194,7 +238,7 @@ class LedgerStore:
             .limit(1)
         ).one_or_none()
         if row is None:
-            raise NotFound("the ledger has no checkpoint yet: record a consent event first")
+            return None
         return SignedCheckpoint(int(row.tree_size), bytes(row.root_hash), row.note, row.kid)
 
     def verifier_keys(self, tenant: str) -> list[str]:

@@ -376,10 +376,10 @@ class ErasureService:
             content_hash=content_fingerprint(leaf.document()),
             leaf=leaf.to_bytes(),
         )
-        _, checkpoint = self._ledger.append(conn, tenant, head, [new], now_us)
+        self._ledger.append(conn, tenant, head, [new], now_us)
         conn.execute(
             insert(erasures).values(
                 tenant_id=tenant, subject_ref=ref, ledger_seq=leaf.seq, erased_us=now_us
             )
         )
-        return leaf.seq, checkpoint.tree_size
+        return leaf.seq, leaf.seq + 1  # the tree size that holds the erasure
