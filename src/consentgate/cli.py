@@ -384,10 +384,21 @@ def ledger_checkpoint(
     ] = None,
 ) -> None:
     """Each tenant's latest signed checkpoint, to keep outside the database (before a backup,
-    on a schedule): `ledger verify --against-checkpoint` proves a restored ledger extends it."""
-    with _app() as app, read_tx(app.engine) as conn:
+    on a schedule): `ledger verify --against-checkpoint` proves a restored ledger extends it.
+    When checkpoint workers sign (CONSENTGATE_CHECKPOINT_ON_COMMIT=false), the head is signed
+    first, so the checkpoint covers every event acknowledged so far."""
+    from consentgate.ledger.signer import sign_tenant
+
+    with _app() as app:
         names = [tenant] if tenant else app.tenants.names()
-        notes = {name: _latest_or_none(app, conn, name) for name in names}
+        for name in names:
+            if not app.tenants.exists(name):
+                typer.echo(f"error: no tenant named {name!r}", err=True)
+                raise typer.Exit(2)
+            if not app.ledger.sign_on_commit:
+                sign_tenant(app.engine, app.ledger, app.clock, name)
+        with read_tx(app.engine) as conn:
+            notes = {name: _latest_or_none(app, conn, name) for name in names}
     written: dict[str, Any] = {}
     for name, cp in notes.items():
         if cp is None:
@@ -403,9 +414,6 @@ def ledger_checkpoint(
 
 
 def _latest_or_none(app: App, conn: Connection, tenant: str) -> SignedCheckpoint | None:
-    if not app.tenants.exists(tenant):
-        typer.echo(f"error: no tenant named {tenant!r}", err=True)
-        raise typer.Exit(2)
     try:
         return app.ledger.latest_checkpoint(conn, tenant)
     except NotFound:

@@ -22,10 +22,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from consentgate.bootstrap import App
+from consentgate.bootstrap import App, build
 from consentgate.cli import cli
+from consentgate.config import load_settings
 from consentgate.consent.ingest import EventInput
+from consentgate.domain.clock import FixedClock
 from consentgate.ledger.checkpoint import Checkpoint, signature_line
+from consentgate.storage.engine import read_tx
 from tests import pg
 
 runner = CliRunner()
@@ -239,3 +242,24 @@ def _forge_leaf(restored: dict[str, str], backend: str, seq: int) -> None:
             " '\"granted\"', '\"withdrawn\"'), 'UTF8') WHERE seq = %s",
             (seq,),
         )
+
+
+def test_saved_checkpoint_covers_every_acknowledged_event_when_signing_is_deferred(
+    env: dict[str, str], clock: FixedClock, tmp_path: Path
+) -> None:
+    """With checkpoint workers signing (none running here), `ledger checkpoint` signs the head
+    itself: a restore check against it then counts every acknowledged event."""
+    deferred = {**env, "CONSENTGATE_CHECKPOINT_ON_COMMIT": "false"}
+    app = build(load_settings(deferred), clock=clock)
+    try:
+        app.tenants.create("acme", "GB")
+        app.ingest.ingest("acme", "GB", _events(0, 7), batch=True)
+        with read_tx(app.engine) as conn:
+            assert app.ledger.newest_checkpoint(conn, "acme") is None  # nothing signed yet
+        path, size = _save_checkpoint(deferred, tmp_path / "cp")
+        assert size == 7
+        code, reports = _run(deferred, "ledger", "verify", "--against-checkpoint", str(path))
+        assert code == 0, reports
+        assert reports[0]["extends"][0]["checkpoint_size"] == 7
+    finally:
+        app.close()

@@ -4,16 +4,20 @@ checkpoints signed in every commit (always 0) and by the checkpoint workers (def
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from consentgate.bootstrap import App
+from consentgate.bootstrap import App, build
+from consentgate.config import load_settings
 from consentgate.consent.ingest import EventInput
 from consentgate.domain.clock import FixedClock
-from consentgate.domain.timeutil import format_rfc3339
+from consentgate.domain.timeutil import format_rfc3339, to_micros
 from consentgate.observability.store import StoreCollector, ledger_checkpoints
+from consentgate.storage.engine import write_tx
 
 
 def _events(app: App, clock: FixedClock, start: int, count: int) -> None:
@@ -44,6 +48,14 @@ def _lag(app: App, clock: FixedClock) -> tuple[float, float]:
     )
 
 
+@pytest.fixture
+def deferred(env: dict[str, str], clock: FixedClock) -> Iterator[App]:
+    app = build(load_settings({**env, "CONSENTGATE_CHECKPOINT_ON_COMMIT": "false"}), clock=clock)
+    app.tenants.create("acme", "GB")
+    yield app
+    app.close()
+
+
 def test_signed_in_every_commit_nothing_lags(
     core: App, tenant: dict[str, str], clock: FixedClock
 ) -> None:
@@ -51,3 +63,20 @@ def test_signed_in_every_commit_nothing_lags(
     _events(core, clock, 0, 3)
     clock.advance(timedelta(minutes=10))
     assert _lag(core, clock) == (0, 0)
+
+
+def test_deferred_signing_lag(deferred: App, clock: FixedClock) -> None:
+    _events(deferred, clock, 0, 4)  # nothing signed yet: as old as the first leaf
+    clock.advance(timedelta(seconds=30))
+    assert _lag(deferred, clock) == (4, 30)
+
+    with write_tx(deferred.engine) as conn:  # what a checkpoint worker pass does
+        signed = deferred.ledger.sign_head(conn, "acme", to_micros(clock.now()))
+    assert signed is not None
+    assert signed.tree_size == 4
+    assert _lag(deferred, clock) == (0, 0)
+
+    clock.advance(timedelta(seconds=10))
+    _events(deferred, clock, 4, 2)
+    clock.advance(timedelta(seconds=60))
+    assert _lag(deferred, clock) == (2, 70)  # the newest checkpoint's age
