@@ -31,7 +31,7 @@ import re
 import threading
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any, Literal
 from urllib.parse import urlencode
@@ -177,7 +177,11 @@ class _Message:
             "envelope": self.envelope,
             "link": self.link,
             "provider_message_id": self.provider_message_id,
-            "received_at": format_rfc3339(self.received_at),
+            # Always six fractional digits (format_rfc3339 drops a zero fraction): tests
+            # order what the carrier received against acknowledgements by this instant.
+            "received_at": self.received_at.astimezone(UTC)
+            .isoformat(timespec="microseconds")
+            .replace("+00:00", "Z"),
             "device_kid": self.device_kid,
             "status": self.status,
         }
