@@ -40,6 +40,8 @@ cli.add_typer(receipt_cli, name="receipt")
 cli.add_typer(audit_cli, name="audit")
 retention_cli = typer.Typer(no_args_is_help=True, help="Retention of operational records.")
 cli.add_typer(retention_cli, name="retention")
+partitions_cli = typer.Typer(no_args_is_help=True, help="PostgreSQL table partitions.")
+cli.add_typer(partitions_cli, name="partitions")
 
 T = TypeVar("T")
 
@@ -418,6 +420,32 @@ def _latest_or_none(app: App, conn: Connection, tenant: str) -> SignedCheckpoint
         return app.ledger.latest_checkpoint(conn, tenant)
     except NotFound:
         return None
+
+
+@partitions_cli.command("ensure")
+def partitions_ensure(
+    months_ahead: Annotated[
+        int, typer.Option(min=0, max=24, help="Months after this one to make partitions for")
+    ] = 2,
+) -> None:
+    """Make the month partitions of the delivery-event table for this month and the next
+    ones (checkpoint workers do this too); prints what was made and what exists. SQLite:
+    nothing to do (its tables are not partitioned)."""
+    from consentgate.domain.timeutil import to_micros
+    from consentgate.storage import partitions
+    from consentgate.storage.engine import write_tx
+
+    with _app() as app:
+        with write_tx(app.engine) as conn:
+            made = partitions.ensure_month_partitions(
+                conn, to_micros(app.clock.now()), months_ahead
+            )
+        with read_tx(app.engine) as conn:
+            tables = {
+                t: partitions.children(conn, t)
+                for t in (*partitions.HASH_TABLES, *partitions.MONTH_TABLES)
+            }
+        _emit({"store": app.engine.dialect.name, "created": made, "partitions": tables})
 
 
 @cli.command()

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from alembic import command
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from typer.testing import CliRunner
 
 from consentgate.bootstrap import App
+from consentgate.cli import cli
 from consentgate.consent.ingest import EventInput
 from consentgate.delivery.templates import Template
 from consentgate.domain.clock import FixedClock
@@ -237,3 +240,19 @@ def test_month_partitions_are_made_ahead_and_take_over_the_default(
             ),
             {"i": moved.id, "m": moved.message_id, "a": low + 5},
         )
+
+
+def test_partitions_ensure_command(env: dict[str, str], backend: str) -> None:
+    result = CliRunner().invoke(cli, ["partitions", "ensure", "--months-ahead", "4"], env=env)
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    if backend == "sqlite":
+        assert out["created"] == [] and not any(out["partitions"].values())
+        return
+    now_us = to_micros(datetime.now(UTC))
+    wanted = [m.partition("message_events") for m in partitions.months_to_ensure(now_us, 4)]
+    assert out["created"] == wanted[3:]  # the migration made this month and the next two
+    assert set(wanted) <= set(out["partitions"]["message_events"])
+    assert len(out["partitions"]["ledger_entries"]) == partitions.HASH_MODULUS
+    again = json.loads(CliRunner().invoke(cli, ["partitions", "ensure"], env=env).stdout)
+    assert again["created"] == []
