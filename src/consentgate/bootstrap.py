@@ -36,6 +36,7 @@ from consentgate.delivery.revocation import Revoker
 from consentgate.delivery.worker import DispatchWorker
 from consentgate.domain.clock import Clock, SystemClock
 from consentgate.gate import cache as state_cache
+from consentgate.gate.fence import SendFence
 from consentgate.gate.gate import ConsentGate
 from consentgate.gate.notify import InvalidationListener, libpq_dsn
 from consentgate.ledger.signer import CheckpointSigner, CheckpointWorker
@@ -183,6 +184,8 @@ def build(
     )
     gate = ConsentGate(engine, clock, cache, metrics=metrics)
     ingest.add_listener(gate.on_changes)
+    fence = SendFence(engine)
+    ingest.add_withdrawal_listener(fence.wait_for_sends)
     registry = Registry(engine, links, ledger, clock)
     providers, sandbox_secrets = _providers(settings, clock)
     messages = MessageService(
@@ -273,6 +276,7 @@ def build(
                 revoker=Revoker(
                     engine, keystore, [providers.rcs, providers.sms, providers.push], clock
                 ),
+                fence=fence,
             ),
             keystore,
             clock,

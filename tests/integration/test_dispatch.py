@@ -176,6 +176,7 @@ def _crash_after_sending(app: App, limit: int) -> int:
     live = [i for i in items if d._unseal("acme", i)]
     d._hash("acme", live)
     live = d._take_keys("acme", live, template)
+    d._resolve("acme", live)
     d._check_consent("acme", live, PURPOSE)
     d._plan_and_send("acme", live, template, None)
     return len(live)

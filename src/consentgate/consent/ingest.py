@@ -132,6 +132,7 @@ class IngestService:
         self._outbox = outbox
         self._receipt_policy = receipt_policy or (lambda _tenant: ReceiptPolicy())
         self._listeners: list[Callable[[str, list[tuple[str, str]]], None]] = []
+        self._withdrawal_listeners: list[Callable[[str, list[tuple[str, str]]], None]] = []
         self._engine = engine
         self._tenants = tenants
         self._links = links
@@ -248,6 +249,14 @@ class IngestService:
         """Called after each commit with the (subject_ref, purpose) pairs whose state changed
         (e.g. to evict the gate's cache before the request is acknowledged)."""
         self._listeners.append(listener)
+
+    def add_withdrawal_listener(
+        self, listener: Callable[[str, list[tuple[str, str]]], None]
+    ) -> None:
+        """Called after each commit, after the :meth:`add_listener` ones and before the
+        answer, with the (subject_ref, purpose) pairs now withdrawn (e.g. to wait for the
+        sends still in flight to them: :mod:`consentgate.gate.fence`)."""
+        self._withdrawal_listeners.append(listener)
 
     def prepare(
         self,
@@ -381,6 +390,15 @@ class IngestService:
         if changed_keys:
             for listener in self._listeners:
                 listener(tenant, changed_keys)
+            withdrawn = {
+                (c.subject_ref, leaf.consent_type)
+                for c, leaf in fresh
+                if leaf.status == ConsentStatus.WITHDRAWN.value
+            }
+            now_withdrawn = [key for key in changed_keys if key in withdrawn]
+            if now_withdrawn:
+                for listener in self._withdrawal_listeners:
+                    listener(tenant, now_withdrawn)
         self._metrics.consent_recorded(
             tenant,
             [(leaf.consent_type, leaf.status, leaf.source) for _, leaf in fresh],

@@ -14,6 +14,9 @@ One pass (:meth:`Dispatcher.dispatch_once`):
    stored answer is the recipient's answer; nothing is ever sent twice);
 4. the consent gate, at send time, for the whole batch in one set-based read of the store
    (:meth:`ConsentGate.check_many`): a withdrawal acknowledged before it stops the send;
+   from before that read until step 6 ends the batch holds its subjects' send fences
+   (:mod:`consentgate.gate.fence`), so a withdrawal committed after the read is not
+   acknowledged before these sends are over;
 5. the provider's capability check for the batch (RBM ``users:batchGet``), the recipients'
    devices in one read, then the planner (pure) and the envelope per recipient;
 6. the sends, concurrently over keep-alive connections (the outbox relay's
@@ -29,6 +32,7 @@ import logging
 import threading
 import time
 import uuid
+from contextlib import ExitStack
 from datetime import timedelta
 from typing import Any, NamedTuple
 
@@ -67,7 +71,8 @@ from consentgate.delivery.templates import Template
 from consentgate.domain.clock import Clock
 from consentgate.domain.reasons import ReasonCode
 from consentgate.domain.timeutil import to_micros
-from consentgate.errors import ConsentGateError, NotFound
+from consentgate.errors import ConsentGateError, NotFound, StoreUnavailable
+from consentgate.gate.fence import SendFence
 from consentgate.gate.gate import ConsentGate
 from consentgate.observability.metrics import Metrics
 from consentgate.outbox.sender import Sender
@@ -138,8 +143,10 @@ class Dispatcher:
         metrics: Metrics | None = None,
         outbox: OutboxWriter | None = None,
         revoker: Revoker | None = None,
+        fence: SendFence | None = None,
     ) -> None:
         self.revoker = revoker
+        self._fence = fence or SendFence(engine)
         self._engine = engine
         self._tenants = tenants
         self._gate = gate
@@ -243,8 +250,17 @@ class Dispatcher:
         if template is not None and live:
             self._hash(tenant, live)
             live = self._take_keys(tenant, live, template)
-            self._check_consent(tenant, live, first.consent_type)
-            self._plan_and_send(tenant, live, template, cancel)
+            self._resolve(tenant, live)
+            refs = [i.ref for i in live if i.ref is not None]
+            with ExitStack() as fenced:
+                try:  # from before the consent read until the last send (gate.fence)
+                    fenced.enter_context(self._fence.sending(tenant, refs, first.consent_type))
+                except StoreUnavailable:
+                    for item in live:  # fail closed, as when the check cannot read
+                        item.consent = ConsentRefused(ReasonCode.STORE_UNAVAILABLE)
+                else:
+                    self._check_consent(tenant, live, first.consent_type)
+                self._plan_and_send(tenant, live, template, cancel)
         self._settler.record(tenant, items)
 
     def _template(self, tenant: str, template_id: str, consent_type: str) -> Template | None:
@@ -351,8 +367,8 @@ class Dispatcher:
 
     # -- consent, plan, send -----------------------------------------------------------------
 
-    def _check_consent(self, tenant: str, items: list[Recipient], consent_type: str) -> None:
-        """Subjects by hashed id, then the gate for all of them in one read."""
+    def _resolve(self, tenant: str, items: list[Recipient]) -> None:
+        """Each recipient's subject, by its hashed ids, in one read."""
         hashes = sorted({h for i in items for h in i.hashes.values()})
         refs: dict[str, str] = {}
         with read_tx(self._engine) as conn:
@@ -370,6 +386,9 @@ class Dispatcher:
                 item.ref = known.pop()
             elif known:
                 item.consent = ConsentRefused(ReasonCode.AMBIGUOUS)
+
+    def _check_consent(self, tenant: str, items: list[Recipient], consent_type: str) -> None:
+        """The gate for every resolved recipient in one read."""
         verdicts = self._gate.check_many(
             tenant, [i.ref for i in items if i.ref is not None], consent_type
         )

@@ -1,0 +1,113 @@
+"""Send fences: a withdrawal is not acknowledged while a send that saw the subject's consent
+before the withdrawal committed is still on its way to the provider.
+
+The on-send check reads the store, then the message goes out, tens or hundreds of
+milliseconds later for a campaign batch (rate limits, a batch's other sends). A withdrawal
+that commits in between was checked too late for that message: without a fence the carrier
+receives it after the withdrawal was acknowledged (the revoker then withdraws it at the
+provider, but it was sent). DESIGN §3 says nothing leaves after the acknowledgement.
+
+So, on PostgreSQL, a sender holds a *shared* advisory lock per (tenant, subject, purpose)
+from before its consent read until its sends are over, and a withdrawal, after its commit
+and before its answer, takes the *exclusive* lock on each withdrawn key in a transaction of
+its own and lets it go at once: it waits for exactly the sends that may have read the old
+state. A sender that takes its lock after the withdrawal's commit reads the withdrawal and
+sends nothing. Keys are
+taken in sorted order on both sides, so the two never deadlock; a killed sender's locks go
+with its connection. Senders on different subjects never wait for each other, nor do
+grants.
+
+The wait is bounded (:data:`WAIT`): sends end by their lease deadline, and should a fence
+still be held past the bound (a sender stopped with its connection open), the withdrawal is
+acknowledged and the revoker withdraws the late message at the provider, as before.
+
+If the fence cannot be taken the sender does not send (:class:`StoreUnavailable`: it fails
+closed, like the check itself). SQLite has no advisory locks and no fence; its deployments
+are one host and the revoker covers the race there.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from consentgate.errors import StoreUnavailable
+
+log = logging.getLogger("consentgate.gate.fence")
+
+#: The advisory lock class (the first int4 of the two-key form) of send fences.
+FENCE_CLASS = 0x5E7D
+WAIT = timedelta(seconds=10)
+
+_SHARED = text(
+    "SELECT count(pg_advisory_lock_shared(:c, k)) FROM unnest(CAST(:keys AS int[])) AS k"
+)
+_EXCLUSIVE = text(
+    "SELECT count(pg_advisory_xact_lock(:c, k)) FROM unnest(CAST(:keys AS int[])) AS k"
+)
+_RELEASE = text("SELECT pg_advisory_unlock_all()")
+
+
+def fence_key(tenant: str, subject_ref: str, purpose: str) -> int:
+    """A stable signed 32-bit key (keys that collide only make a withdrawal wait longer)."""
+    value = zlib.crc32(f"{tenant}\x00{subject_ref}\x00{purpose}".encode())
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _keys(tenant: str, pairs: Iterable[tuple[str, str]]) -> list[int]:
+    return sorted({fence_key(tenant, ref, purpose) for ref, purpose in pairs})
+
+
+class SendFence:
+    def __init__(self, engine: Engine, wait: timedelta = WAIT) -> None:
+        self._engine = engine
+        self._on = engine.dialect.name == "postgresql"
+        self._wait_ms = int(wait.total_seconds() * 1000)
+
+    @contextmanager
+    def sending(self, tenant: str, refs: Iterable[str], purpose: str) -> Iterator[None]:
+        """Hold the fences of these subjects for the block: check consent, then send,
+        inside it. Raises :class:`StoreUnavailable` when the fences cannot be taken."""
+        keys = _keys(tenant, ((ref, purpose) for ref in refs))
+        if not self._on or not keys:
+            yield
+            return
+        try:
+            conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable("cannot take the send fences") from exc
+        try:
+            try:
+                conn.execute(_SHARED, {"c": FENCE_CLASS, "keys": keys})
+            except SQLAlchemyError as exc:
+                raise StoreUnavailable("cannot take the send fences") from exc
+            yield
+        finally:
+            try:
+                conn.execute(_RELEASE)
+            except SQLAlchemyError:
+                conn.invalidate()  # a broken connection's locks went with it
+            conn.close()
+
+    def wait_for_sends(self, tenant: str, pairs: Iterable[tuple[str, str]]) -> None:
+        """After a withdrawal of these (subject_ref, purpose) pairs committed, before it is
+        acknowledged: wait until no send that may have read the older state is in flight."""
+        keys = _keys(tenant, pairs)
+        if not self._on or not keys:
+            return
+        try:
+            with self._engine.begin() as conn:  # the locks end with the transaction
+                conn.execute(text(f"SET LOCAL lock_timeout = {self._wait_ms}"))
+                conn.execute(_EXCLUSIVE, {"c": FENCE_CLASS, "keys": keys})
+        except SQLAlchemyError as exc:
+            log.warning(
+                "withdrawal acknowledged without waiting for in-flight sends (%s): the "
+                "revoker withdraws any late message at the provider",
+                type(exc).__name__,
+            )
