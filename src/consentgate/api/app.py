@@ -6,7 +6,7 @@ import httpx
 from fastapi import FastAPI
 
 from consentgate import __version__
-from consentgate.api import problems
+from consentgate.api import openapi, problems
 from consentgate.api.limits import BodyLimit
 from consentgate.api.routers import analytics as analytics_router
 from consentgate.api.routers import audit as audit_router
@@ -46,6 +46,7 @@ def create_app(core: App) -> FastAPI:
     app.include_router(crm_router.router)
     app.include_router(privacy_router.router)
     app.include_router(analytics_router.router)
+    openapi.install(app)  # request bodies and problem responses, as served
     if not core.settings.consent.sandbox_url:
         # The sandbox carrier is the default provider: serve it here, at /sandbox.
         app.mount(

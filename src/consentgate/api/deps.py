@@ -17,6 +17,10 @@ from consentgate.tenants.service import Principal, Scope
 
 M = TypeVar("M", bound=BaseModel)
 
+#: The largest integer the database's BIGINT columns hold. A number past it in a path or
+#: query is refused as invalid input (422) instead of overflowing the driver (a 500).
+MAX_INT64 = 2**63 - 1
+
 
 def get_app(request: Request) -> App:
     app: App = request.app.state.consentgate

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from consentgate.api.deps import get_app, json_body, parse, require
 from consentgate.api.models import AnalyticsSettingsIn, ConversionsIn
+from consentgate.api.openapi import request_body
 from consentgate.tenants.service import Principal, Scope
 
 router = APIRouter(prefix="/v1/analytics", tags=["analytics"])
@@ -65,7 +66,7 @@ def get_settings(request: Request, principal: Reader) -> dict[str, Any]:
     return get_app(request).analytics.settings(principal.tenant)
 
 
-@router.put("/settings")
+@router.put("/settings", openapi_extra=request_body(AnalyticsSettingsIn))
 async def put_settings(request: Request, principal: Admin) -> dict[str, Any]:
     """Set `k_threshold` (2-1000), `monthly_epsilon` (0-100) and optionally `require_dp`."""
     body = parse(AnalyticsSettingsIn, await json_body(request))
@@ -82,7 +83,7 @@ async def put_settings(request: Request, principal: Admin) -> dict[str, Any]:
 def join_tokens(
     request: Request,
     principal: Reader,
-    month: Annotated[str | None, Query(description="YYYY-MM")] = None,
+    month: Annotated[str, Query(description="YYYY-MM")],
     campaign_id: str | None = None,
 ) -> dict[str, Any]:
     """The month's join token of every subject the campaign sent to that month, sorted:
@@ -90,7 +91,7 @@ def join_tokens(
     return get_app(request).analytics.join_tokens(principal.tenant, month, campaign_id)
 
 
-@router.post("/conversions")
+@router.post("/conversions", openapi_extra=request_body(ConversionsIn))
 async def conversions(request: Request, principal: Reader) -> dict[str, Any]:
     """Record the join tokens of people who converted in `month` (replays count once)."""
     body = parse(ConversionsIn, await json_body(request))

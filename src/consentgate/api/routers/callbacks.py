@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from consentgate.api.deps import get_app, require
+from consentgate.api.openapi import request_body
 from consentgate.delivery.callbacks import CallbackService
 from consentgate.delivery.providers import rbm
 from consentgate.delivery.providers.base import header
@@ -48,6 +49,10 @@ def _service(request: Request) -> CallbackService:
 @router.post(
     "/providers/{provider}/callbacks",
     tags=["sending"],
+    openapi_extra=request_body(
+        schema={"type": "object", "description": "the provider's format: RBM JSON, Twilio form"},
+        media_types=("application/json", "application/x-www-form-urlencoded"),
+    ),
     responses={
         200: {
             "description": "applied: `{events, linked, ignored, withdrawals, replayed}`; for "

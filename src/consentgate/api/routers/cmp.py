@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from consentgate.api.deps import get_app, json_body, parse
 from consentgate.api.models import CmpKeysIn
+from consentgate.api.openapi import request_body
 from consentgate.api.routers.consent import Admin
 from consentgate.consent.cmp_webhooks import Delivery
 
@@ -55,6 +56,7 @@ lean_router = APIRouter(tags=["cmp"], route_class=LeanRoute)
 @lean_router.post(
     "/v1/tenants/{tenant}/cmp/{adapter}/events",
     status_code=201,
+    openapi_extra=request_body(schema={"type": "object", "description": "the CMP's format"}),
     responses={
         200: {"description": "replayed webhook-id (original answer) or identical events"},
         401: {"description": "missing, stale or bad Standard Webhooks signature"},
@@ -66,7 +68,10 @@ async def cmp_webhook(tenant: str, adapter: str) -> None:
     tenant's webhook secret. (Documentation only: requests are served by LeanRoute.)"""
 
 
-@router.put("/v1/cmp/{adapter}/mapping")
+@router.put(
+    "/v1/cmp/{adapter}/mapping",
+    openapi_extra=request_body(schema={"type": "object", "description": "adapter-specific"}),
+)
 async def put_mapping(adapter: str, request: Request, principal: Admin) -> Any:
     """How a CMP's purposes map to consentgate purposes (`tcf`: `{vendor_id?, purposes:
     {purpose: [TCF purpose ids]}}`; `gpp`: `{usnat: {SaleOptOut: [purposes], ...}}`)."""
@@ -76,7 +81,7 @@ async def put_mapping(adapter: str, request: Request, principal: Admin) -> Any:
     )
 
 
-@router.put("/v1/cmp/keys")
+@router.put("/v1/cmp/keys", openapi_extra=request_body(CmpKeysIn))
 async def put_keys(request: Request, principal: Admin) -> Any:
     """The CMP's JWKS for its signed receipts, and whether every event must carry one."""
     body = parse(CmpKeysIn, await json_body(request))

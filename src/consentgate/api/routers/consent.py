@@ -20,6 +20,7 @@ from consentgate.api.models import (
     PurposeIn,
     PurposeOut,
 )
+from consentgate.api.openapi import request_body
 from consentgate.consent.ingest import EventInput
 from consentgate.tenants.service import Principal, Scope
 
@@ -95,7 +96,7 @@ async def ingest(request: Request, response: Response, principal: Writer) -> Any
     return results[0].as_dict()
 
 
-@router.post("/consents/lookup", response_model=ConsentsOut)
+@router.post("/consents/lookup", response_model=ConsentsOut, openapi_extra=request_body(LookupIn))
 async def lookup(request: Request, principal: Reader) -> Any:
     """Current state per purpose for `{phone}`, `{email}` or `{hashed_id}`."""
     body = parse(LookupIn, await json_body(request))
@@ -129,7 +130,7 @@ def list_purposes(request: Request, principal: Reader) -> Any:
     return [_purpose_out(p) for p in get_app(request).tenants.list_purposes(principal.tenant)]
 
 
-@router.put("/purposes/{name}", response_model=PurposeOut)
+@router.put("/purposes/{name}", response_model=PurposeOut, openapi_extra=request_body(PurposeIn))
 async def put_purpose(name: str, request: Request, principal: Admin) -> Any:
     """Create a purpose or change its maximum age (existing grants' expiry moves with it)."""
     body = parse(PurposeIn, await json_body(request))

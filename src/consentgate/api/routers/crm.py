@@ -19,6 +19,7 @@ from consentgate.api.models import (
     DeliveriesOut,
     DeliveryOut,
 )
+from consentgate.api.openapi import request_body
 from consentgate.tenants.service import Principal, Scope
 
 router = APIRouter(prefix="/v1/crm", tags=["crm"])
@@ -26,7 +27,12 @@ router = APIRouter(prefix="/v1/crm", tags=["crm"])
 Admin = Annotated[Principal, Depends(require(Scope.ADMIN))]
 
 
-@router.post("/endpoints", status_code=201, response_model=CrmEndpointCreatedOut)
+@router.post(
+    "/endpoints",
+    status_code=201,
+    response_model=CrmEndpointCreatedOut,
+    openapi_extra=request_body(CrmEndpointIn),
+)
 async def create_endpoint(request: Request, principal: Admin) -> Any:
     """Register an endpoint for the listed event types. The answer holds the signing secret
     (`whsec_...`), shown this once."""

@@ -21,6 +21,7 @@ from consentgate.api.models import (
     TemplateIn,
     TemplateOut,
 )
+from consentgate.api.openapi import request_body
 from consentgate.crypto.envelope import DeviceKeyError, parse_device_jwk
 from consentgate.delivery.registry import AppKey
 from consentgate.delivery.templates import Template
@@ -34,7 +35,12 @@ router = APIRouter(prefix="/v1", tags=["sending"])
 Sender = Annotated[Principal, Depends(require(Scope.SEND, Scope.ADMIN))]
 
 
-@router.post("/devices", status_code=201, response_model=DeviceRegistrationOut)
+@router.post(
+    "/devices",
+    status_code=201,
+    response_model=DeviceRegistrationOut,
+    openapi_extra=request_body(DeviceRegistrationIn),
+)
 async def register_device(request: Request, response: Response, principal: Sender) -> Any:
     """Register or refresh a device: the same `kid` refreshes it, a new `kid` rotates the key
     (the old one is never used again); expired or revoked keys are never used."""
@@ -79,7 +85,12 @@ def revoke_device(device_id: str, request: Request, principal: Sender) -> Respon
     return Response(status_code=204)
 
 
-@router.post("/templates", status_code=201, response_model=TemplateOut)
+@router.post(
+    "/templates",
+    status_code=201,
+    response_model=TemplateOut,
+    openapi_extra=request_body(TemplateIn),
+)
 async def create_template(request: Request, principal: Sender) -> Any:
     """A template; `{{name}}` tokens are PII: filled on the device in encrypted modes, removed
     in fallbacks, never sent in clear."""
@@ -91,7 +102,7 @@ async def create_template(request: Request, principal: Sender) -> Any:
     return {"template_id": template_id}
 
 
-@router.post("/messages", response_model=MessageOut)
+@router.post("/messages", response_model=MessageOut, openapi_extra=request_body(MessageIn))
 async def send_message(request: Request, principal: Sender) -> Any:
     """One message: consent checked at the last moment, the strongest encryption the device
     supports, every decision explained. The same `idempotency_key` returns the first answer
@@ -110,7 +121,12 @@ async def send_message(request: Request, principal: Sender) -> Any:
     )
 
 
-@router.post("/campaigns", status_code=201, response_model=CampaignOut)
+@router.post(
+    "/campaigns",
+    status_code=201,
+    response_model=CampaignOut,
+    openapi_extra=request_body(CampaignIn),
+)
 async def create_campaign(request: Request, principal: Sender) -> Any:
     """A draft campaign for one template and purpose."""
     body = parse(CampaignIn, await json_body(request))
@@ -121,7 +137,12 @@ async def create_campaign(request: Request, principal: Sender) -> Any:
     return await run_in_threadpool(app.campaigns.status, principal.tenant, campaign_id)
 
 
-@router.put("/campaigns/{campaign_id}/audience")
+@router.put(
+    "/campaigns/{campaign_id}/audience",
+    openapi_extra=request_body(
+        schema={"type": "string"}, media_types=("text/csv", "application/x-ndjson")
+    ),
+)
 async def put_audience(campaign_id: str, request: Request, principal: Sender) -> Any:
     """The audience, streamed: CSV with a `phone` column (`text/csv`) or NDJSON
     (`application/x-ndjson`, one `{"phone": ...}` per line). Numbers are hashed for the

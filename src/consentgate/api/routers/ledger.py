@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from consentgate.api.deps import get_app
+from consentgate.api.deps import MAX_INT64, get_app
 from consentgate.api.models import ConsistencyProofOut, InclusionProofOut
 from consentgate.api.routers.consent import Auditor
 from consentgate.crypto.signing import public_jwk
@@ -43,7 +43,9 @@ def verifier_key(
 
 
 @router.get("/v1/ledger/entries/{seq}")
-def entry(seq: int, request: Request, principal: Auditor) -> Response:
+def entry(
+    seq: Annotated[int, Path(ge=0, le=MAX_INT64)], request: Request, principal: Auditor
+) -> Response:
     """The exact canonical bytes (RFC 8785 JSON) of one leaf."""
     app = get_app(request)
     with read_tx(app.engine) as conn:
@@ -55,8 +57,8 @@ def entry(seq: int, request: Request, principal: Auditor) -> Response:
 def inclusion(
     request: Request,
     principal: Auditor,
-    seq: Annotated[int, Query(ge=0)],
-    tree_size: Annotated[int | None, Query(ge=1)] = None,
+    seq: Annotated[int, Query(ge=0, le=MAX_INT64)],
+    tree_size: Annotated[int | None, Query(ge=1, le=MAX_INT64)] = None,
 ) -> Any:
     """RFC 9162 inclusion proof of leaf `seq` in the tree of `tree_size` (default: latest)."""
     app = get_app(request)
@@ -80,8 +82,8 @@ def inclusion(
 def consistency(
     request: Request,
     principal: Auditor,
-    first: Annotated[int, Query(ge=1)],
-    second: Annotated[int, Query(ge=1)],
+    first: Annotated[int, Query(ge=1, le=MAX_INT64)],
+    second: Annotated[int, Query(ge=1, le=MAX_INT64)],
 ) -> Any:
     """RFC 9162 consistency proof between tree sizes `first` ≤ `second`."""
     app = get_app(request)

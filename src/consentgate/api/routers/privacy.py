@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from consentgate.api.deps import get_app, json_body, parse
 from consentgate.api.models import ErasureOut, RetentionIn, RetentionOut
+from consentgate.api.openapi import request_body
 from consentgate.api.routers.consent import Admin
 from consentgate.domain.retention import DEFAULT_POLICY, RetentionPolicy
 
@@ -39,7 +40,7 @@ def get_retention(request: Request, principal: Admin) -> Any:
     return _retention_out(get_app(request).retention.policy(principal.tenant))
 
 
-@router.put("/retention", response_model=RetentionOut)
+@router.put("/retention", response_model=RetentionOut, openapi_extra=request_body(RetentionIn))
 async def put_retention(request: Request, principal: Admin) -> Any:
     """Replace the retention horizons (fields left out take their defaults). `consentgate
     retention run` applies them."""

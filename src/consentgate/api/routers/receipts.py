@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from consentgate.api.deps import get_app, json_body, parse, subject_of
 from consentgate.api.models import ConsentTokenIn, ConsentTokenOut, ReceiptOut
+from consentgate.api.openapi import request_body
 from consentgate.api.routers.consent import Auditor, Reader
 
 router = APIRouter(prefix="/v1", tags=["receipts"])
@@ -30,6 +31,7 @@ def receipt(
 @router.post(
     "/consent-tokens",
     response_model=ConsentTokenOut,
+    openapi_extra=request_body(ConsentTokenIn),
     responses={403: {"description": "no grant in force; `reason` says why"}},
 )
 async def consent_token(request: Request, principal: Reader) -> Any:
