@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: install run test bench lint fmt clean
+.PHONY: install run test reliability bench lint fmt clean
 
 install: $(STAMP)
 
@@ -22,6 +22,11 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The reliability suite in full (more kills, bigger campaigns; prints what each scenario
+# checked). `make test` runs its short form.
+reliability: install
+	CONSENTGATE_RELIABILITY=full $(BIN)/python -m pytest -q -s tests/reliability
 
 bench: install
 	$(BIN)/python -m bench.run
