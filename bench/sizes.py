@@ -1,7 +1,8 @@
 """Storage per subject, consent event and message on PostgreSQL, for the capacity model.
 
 Loads known counts through the real code paths (``core.ingest`` batches for consent events, a
-real campaign dispatched to the sandbox carrier over loopback for messages), runs VACUUM
+real campaign dispatched to the sandbox carrier over loopback for messages, one CRM endpoint
+so each outbox event queues a delivery), runs VACUUM
 ANALYZE, then reads for each table its rows, its heap and total size (indexes and TOAST
 included; partitioned tables summed over ``pg_partition_tree``) and the average
 ``pg_column_size`` of a row. The bytes per subject / event / message in
@@ -127,6 +128,11 @@ def run(subjects: int, recipients: int) -> dict[str, Any]:
             )
             try:
                 app.tenants.create("acme", "GB")
+                # One CRM endpoint: every consent change and send decision queues a delivery
+                # (no relay runs here, so they stay pending, as in a backlog).
+                app.endpoints.create(
+                    "acme", "http://127.0.0.1:9/crm", ["consent.changed", "message.decided"]
+                )
                 phones = [f"+4479111{i:05d}" for i in range(subjects)]
                 at = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
                 withdrawn = phones[: subjects // 10]
@@ -172,6 +178,7 @@ def run(subjects: int, recipients: int) -> dict[str, Any]:
                 "consent_events": events,
                 "purposes_per_subject": 2,
                 "campaign_recipients": recipients,
+                "crm_endpoints": 1,
                 "campaign": {k: status.get(k) for k in ("sent", "skipped", "status")},
             },
             "tables": sizes,
