@@ -12,6 +12,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from consentgate.bootstrap import App
 from tests.e2e.conftest import Server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,8 +63,8 @@ def test_rules_are_complete_and_point_at_the_guide() -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_every_metric_a_rule_names_is_exported(server: Server) -> None:
-    created = server.create_tenant("acme")
+def test_every_metric_a_rule_names_is_exported(server: Server, core: App) -> None:
+    created = core.tenants.create("acme", "GB")  # in this process, on the server's store
     with server.client(created["api_key"]) as http:
         # Some traffic, so labelled families have samples whose label names can be checked.
         event = {
