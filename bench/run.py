@@ -596,6 +596,13 @@ def main(argv: list[str] | None = None) -> int:
         results = merge(previous, results)
         kept = sum(1 for f in results["figures"] if f["run"] != _provenance(machine))
         console.print(f"--only: merged into {args.output}; kept {kept} figures of earlier runs")
+    else:
+        try:
+            earlier_file = _previous(args.output)
+        except SystemExit:  # an unreadable earlier file: a full run replaces it whole
+            earlier_file = None
+        if earlier_file is not None and "load" in earlier_file:
+            results["load"] = earlier_file["load"]  # make load's section (bench/load.py)
     console.print(f"total runtime {runtime:.0f} s; results in {args.output}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -697,6 +704,8 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             )
         ],
         "figures": merged,
+        # `make load` (bench/load.py) owns this section; a `make bench` run keeps it.
+        **({"load": old["load"]} if "load" in old else {}),
     }
 
 

@@ -22,6 +22,7 @@ from consentgate.consent.group_commit import GroupCommitter
 from consentgate.consent.ingest import IngestService
 from consentgate.consent.queries import ConsentQueries
 from consentgate.consent.receipts import ReceiptService
+from consentgate.consent.single import SingleEventIngest
 from consentgate.consent.subjects import SubjectLinks
 from consentgate.crypto.keystore import KeyStore, LocalKeyStore
 from consentgate.delivery.campaigns import CampaignService
@@ -84,10 +85,12 @@ class App:
     outbox: outbox_store.OutboxWriter
     endpoints: EndpointService
     deliveries: DeliveryService
+    single_ingest: SingleEventIngest
     _listener: InvalidationListener | None = None
     _worker: DispatchWorker | None = None
     _relay: RelayWorker | None = None
     _checkpointer: CheckpointWorker | None = None
+    _fence: SendFence | None = None
 
     def start_background(
         self,
@@ -139,6 +142,9 @@ class App:
         if self._listener is not None:
             self._listener.stop()
         self.cmp_webhooks.close()  # answers the webhooks still queued, then its thread ends
+        self.single_ingest.close()
+        if self._fence is not None:
+            self._fence.close()
         self.engine.dispose()
 
 
@@ -201,6 +207,7 @@ def build(
         timedelta(seconds=settings.consent.dispatch_lease_seconds),
         metrics=metrics,
         outbox=outbox,
+        fence=fence,
     )
     adapters = {
         "generic": lambda _tenant, payload: generic.to_events(payload),
@@ -244,6 +251,7 @@ def build(
         links=links,
         ingest=ingest,
         committer=committer,
+        single_ingest=SingleEventIngest(ingest, committer),
         queries=ConsentQueries(engine, tenants, links, clock),
         cmp_settings=cmp_settings,
         cmp_webhooks=CmpWebhookService(
@@ -289,6 +297,7 @@ def build(
         outbox=outbox,
         endpoints=EndpointService(engine, keystore, clock),
         deliveries=DeliveryService(engine, clock),
+        _fence=fence,
         receipts=receipts,
         audit=AuditService(engine, tenants),
         exports=ExportService(

@@ -161,6 +161,10 @@ def serve(
                 log_level=log_level,
                 access_log=False,
                 log_config=None,
+                # uvicorn kills a worker that has not answered its supervisor's ping within
+                # this many seconds (default 5): on a busy machine a worker still importing
+                # the app was killed and restarted over and over.
+                timeout_worker_healthcheck=60,
             )
         finally:
             if workers > 1:

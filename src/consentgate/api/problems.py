@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
@@ -36,6 +36,7 @@ DESCRIPTIONS: dict[str, str] = {
     "budget; nothing was charged. The budget refills each calendar month (UTC).",
     "store-unavailable": "The consent store cannot be reached; nothing was changed. Retry.",
     "payload-too-large": "The request body exceeds the configured limit.",
+    "unsupported-media-type": "The body's Content-Type is not one this endpoint reads.",
     "method-not-allowed": "The path exists but not with this method.",
     "internal": "An unexpected error; it has been logged without request data.",
 }
@@ -62,6 +63,27 @@ def problem(
     if extra:
         body.update(extra)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def problem_parts(exc: ConsentGateError, instance: str) -> tuple[int, bytes, dict[str, str]]:
+    """A domain error as (status, problem+json body, headers): what the app's handler sends,
+    for callers that answer without a Request (the hot path, :mod:`consentgate.api.hotpath`)."""
+    body: dict[str, Any] = {
+        "type": f"/problems/{exc.code}",
+        "title": exc.title,
+        "status": exc.status,
+        "detail": exc.detail,
+        "instance": instance,
+        **({"field": exc.field} if exc.field else {}),
+        **exc.extra,
+    }
+    headers = {"content-type": PROBLEM_JSON}
+    if exc.status == 401:
+        headers["www-authenticate"] = "Bearer"
+    if exc.status >= 500:
+        log.error("request failed: %s (%s)", exc.code, type(exc).__name__)
+    encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return exc.status, encoded, headers
 
 
 def field_path(loc: Sequence[int | str]) -> str:
@@ -102,20 +124,10 @@ def validation_problem(errors: Sequence[Any], instance: str) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ConsentGateError)
-    async def _domain(request: Request, exc: ConsentGateError) -> JSONResponse:
-        extra = {**({"field": exc.field} if exc.field else {}), **exc.extra}
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        if exc.status >= 500:
-            log.error("request failed: %s (%s)", exc.code, type(exc).__name__)
-        return problem(
-            exc.status,
-            exc.code,
-            exc.title,
-            exc.detail,
-            instance=request.url.path,
-            extra=extra,
-            headers=headers,
-        )
+    async def _domain(request: Request, exc: ConsentGateError) -> Response:
+        status, body, headers = problem_parts(exc, request.url.path)
+        media = headers.pop("content-type")
+        return Response(body, status_code=status, media_type=media, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:

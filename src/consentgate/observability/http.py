@@ -18,12 +18,20 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from consentgate.observability.logs import request_id
+from consentgate.observability.logs import request_id, scrub, write_access
 from consentgate.observability.metrics import UNMATCHED, Metrics
 
 log = logging.getLogger("consentgate.access")
+_parent = logging.getLogger("consentgate")
 
 _GIVEN_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+
+
+def root_handlers_only() -> bool:
+    """The access logger's records would only reach the root handlers (nothing attached to
+    it or its parents in between, and it propagates): then the direct write is equivalent."""
+    return not log.handlers and log.propagate and not log.disabled and not _parent.handlers
 
 
 def route_template(scope: Scope) -> str:
@@ -48,7 +56,12 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         given = _header(scope, b"x-request-id")
-        rid = given if given is not None and _GIVEN_ID.match(given) else uuid.uuid4().hex
+        # A caller's id is kept only when it cannot be (or hide) an identifier.
+        rid = (
+            given
+            if given is not None and _GIVEN_ID.match(given) and scrub(given) == given
+            else uuid.uuid4().hex
+        )
         token = request_id.set(rid)
         started = time.perf_counter()
         status = 500  # what the client sees if the app dies before it answers
@@ -71,7 +84,12 @@ class AccessLog:
             method = str(scope.get("method", ""))
             if self.metrics is not None:
                 self.metrics.http_request(method, route, status, seconds)
-            if log.isEnabledFor(logging.INFO):
+            if method not in _METHODS:
+                method = "OTHER"  # HTTP allows any token as a method: never log one
+            ms = round(seconds * 1000, 3)
+            if log.isEnabledFor(logging.INFO) and not (
+                root_handlers_only() and write_access(method, route, status, ms, rid)
+            ):
                 # The record made directly: Logger.info would also look up the caller's
                 # file and line (a stack walk per request) that no formatter here prints.
                 log.handle(
@@ -87,7 +105,7 @@ class AccessLog:
                             "method": method,
                             "route": route,
                             "status": status,
-                            "duration_ms": round(seconds * 1000, 3),
+                            "duration_ms": ms,
                         },
                     )
                 )

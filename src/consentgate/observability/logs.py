@@ -25,6 +25,7 @@ import json
 import logging
 import re
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -184,12 +185,52 @@ class TextFormatter(logging.Formatter):
 
 LogFormat = Literal["json", "text"]
 
+#: The handler :func:`configure_logging` installed, when its format is JSON: the access log
+#: writes its lines to it directly (:func:`write_access`).
+_access_handler: logging.StreamHandler[Any] | None = None
+
+
+def write_access(method: str, route: str, status: int, duration_ms: float, rid: str) -> bool:
+    """Write one access-log line straight to the JSON handler, the same line a record through
+    :class:`JsonFormatter` would give. A LogRecord with its two filters and the formatter
+    cost ~100 µs of CPU per request, a third of a consent lookup's. Every value here is
+    trusted — a route *template*, a method from HTTP's closed set, a status, a duration and a
+    request id the caller checked — so the scrubber has nothing to do. False when logging
+    was configured some other way (text format, a test's capture): the caller then logs a
+    record as usual."""
+    handler = _access_handler
+    if handler is None:
+        return False
+    line = json.dumps(
+        {
+            "time": _rfc3339(time.time()),
+            "level": "info",
+            "logger": "consentgate.access",
+            "message": f"{method} {route} {status}",
+            "method": method,
+            "route": route,
+            "status": status,
+            "duration_ms": duration_ms,
+            "request_id": rid,
+        },
+        ensure_ascii=False,
+    )
+    handler.acquire()
+    try:
+        handler.stream.write(line + "\n")
+        handler.flush()
+    finally:
+        handler.release()
+    return True
+
 
 def configure_logging(fmt: LogFormat = "json", level: str | int = "INFO") -> logging.Handler:
     """Replace the root logger's handlers by one stderr handler in ``fmt``, with the request
     id and scrub filters; route ``warnings`` and uvicorn's loggers through it. Idempotent."""
+    global _access_handler
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    _access_handler = handler if fmt == "json" else None
     handler.addFilter(RequestIdFilter())
     handler.addFilter(ScrubFilter())
     root = logging.getLogger()
@@ -231,4 +272,5 @@ __all__ = [
     "scrub",
     "scrub_all_handlers",
     "scrub_value",
+    "write_access",
 ]
