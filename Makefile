@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: install run test reliability bench lint fmt clean
+.PHONY: install run test reliability bench load lint fmt clean
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ test: install
 # checked). `make test` runs its short form.
 reliability: install
 	CONSENTGATE_RELIABILITY=full $(BIN)/python -m pytest -q -s tests/reliability
+
+# The HTTP API at fixed rates from separate processes (lookups, single-event ingest, signed
+# CMP webhooks) on SQLite and PostgreSQL: throughput, p50, p99, errors into bench/results.json.
+load: install
+	$(BIN)/python -m bench.load
 
 bench: install
 	$(BIN)/python -m bench.run
