@@ -36,6 +36,7 @@ def test_a_withdrawal_waits_for_the_sends_in_flight_to_its_subject(
     assert done.is_set()  # ...and the withdrawal is answered once the send is over
     # The fences went back with the connections: a withdrawal now passes straight through.
     fence.wait_for_sends("acme", [("ref-a", "marketing_rcs")])
+    fence.close()
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

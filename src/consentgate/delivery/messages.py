@@ -9,6 +9,7 @@ ledger ``seq`` of the consent leaf that allowed it. A row is claimed under the i
 from __future__ import annotations
 
 import uuid
+from contextlib import ExitStack
 from datetime import timedelta
 from typing import Any
 
@@ -45,8 +46,9 @@ from consentgate.domain.clock import Clock
 from consentgate.domain.identity import Identifier
 from consentgate.domain.reasons import ReasonCode
 from consentgate.domain.timeutil import to_micros
-from consentgate.errors import Conflict, InvalidInput, NotFound
-from consentgate.gate.gate import ConsentGate
+from consentgate.errors import Conflict, InvalidInput, NotFound, StoreUnavailable
+from consentgate.gate.fence import SendFence
+from consentgate.gate.gate import ConsentGate, GateDecision
 from consentgate.observability.metrics import Metrics
 from consentgate.outbox.store import OutboxWriter
 from consentgate.storage.engine import read_tx, write_tx
@@ -71,9 +73,11 @@ class MessageService:
         stale_claim: timedelta = timedelta(seconds=60),
         metrics: Metrics | None = None,
         outbox: OutboxWriter | None = None,
+        fence: SendFence | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
         self._outbox = outbox
+        self._fence = fence or SendFence(engine)
         # A pending claim this old belongs to a worker that died.
         self._stale_claim_us = int(stale_claim.total_seconds() * 1_000_000)
         self._engine = engine
@@ -129,17 +133,19 @@ class MessageService:
             return existing
         handed_over: list[bool] = []  # set once the provider has been called
         try:
-            return self._decide_and_send(
-                tenant,
-                message_id,
-                to,
-                hashed,
-                consent_type,
-                template,
-                variables,
-                handed_over,
-                campaign_id,
-            )
+            with ExitStack() as fenced:  # held until the decision is stored
+                return self._decide_and_send(
+                    fenced,
+                    tenant,
+                    message_id,
+                    to,
+                    hashed,
+                    consent_type,
+                    template,
+                    variables,
+                    handed_over,
+                    campaign_id,
+                )
         except BaseException:
             if handed_over:
                 raise  # the provider may have it: keep the claim (taken over once stale)
@@ -154,6 +160,7 @@ class MessageService:
 
     def _decide_and_send(
         self,
+        fenced: ExitStack,
         tenant: str,
         message_id: str,
         to: Identifier,
@@ -171,7 +178,12 @@ class MessageService:
         if ref is None:  # no subject, no consent: the gate's answer without a lookup
             self._metrics.gate_checked(tenant, ReasonCode.NO_CONSENT, from_cache=None)
         else:
-            verdict = self._gate.check(tenant, ref, consent_type)
+            try:  # the subject's send fence, from before the check to after the send
+                fenced.enter_context(self._fence.sending(tenant, [ref], consent_type))
+            except StoreUnavailable:  # fail closed, as the check itself would
+                verdict = GateDecision(False, ReasonCode.STORE_UNAVAILABLE, None)
+            else:
+                verdict = self._gate.check(tenant, ref, consent_type)
             if verdict.allowed and verdict.consent_seq is not None:
                 consent = ConsentInForce(verdict.consent_seq)
             elif verdict.reason is not None:

@@ -29,12 +29,13 @@ are one host and the revoker covers the race there.
 from __future__ import annotations
 
 import logging
+import threading
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from consentgate.errors import StoreUnavailable
@@ -65,10 +66,31 @@ def _keys(tenant: str, pairs: Iterable[tuple[str, str]]) -> list[int]:
 
 
 class SendFence:
+    """Fences are held and awaited on connections of a pool of their own: a sender holding
+    one then needs a connection of the main pool (its check, its records), and were both
+    from one pool, enough concurrent senders (or withdrawals waiting for them) would each
+    hold one and wait for another."""
+
     def __init__(self, engine: Engine, wait: timedelta = WAIT) -> None:
-        self._engine = engine
+        self._main = engine
         self._on = engine.dialect.name == "postgresql"
         self._wait_ms = int(wait.total_seconds() * 1000)
+        self._pool: Engine | None = None
+        self._lock = threading.Lock()
+
+    def _senders(self) -> Engine:
+        with self._lock:
+            if self._pool is None:
+                self._pool = create_engine(
+                    self._main.url, pool_size=2, max_overflow=64, pool_pre_ping=True
+                )
+            return self._pool
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.dispose()
+                self._pool = None
 
     @contextmanager
     def sending(self, tenant: str, refs: Iterable[str], purpose: str) -> Iterator[None]:
@@ -79,7 +101,7 @@ class SendFence:
             yield
             return
         try:
-            conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            conn = self._senders().connect().execution_options(isolation_level="AUTOCOMMIT")
         except SQLAlchemyError as exc:
             raise StoreUnavailable("cannot take the send fences") from exc
         try:
@@ -102,7 +124,7 @@ class SendFence:
         if not self._on or not keys:
             return
         try:
-            with self._engine.begin() as conn:  # the locks end with the transaction
+            with self._senders().begin() as conn:  # the locks end with the transaction
                 conn.execute(text(f"SET LOCAL lock_timeout = {self._wait_ms}"))
                 conn.execute(_EXCLUSIVE, {"c": FENCE_CLASS, "keys": keys})
         except SQLAlchemyError as exc:
