@@ -141,6 +141,15 @@ def test_migration_converts_a_database_with_data(two_tenants: App, backend: str)
             assert partitions.children(conn, table) == [
                 f"{table}_h{r}" for r in range(partitions.HASH_MODULUS)
             ]
+        # messages' key leads with id (0010): a lookup by id alone is an index probe.
+        key = conn.execute(
+            text(
+                "SELECT a.attname FROM pg_index i JOIN pg_attribute a "
+                "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+                "WHERE i.indexrelid = 'messages_pkey'::regclass"
+            )
+        ).scalar_one()
+        assert key == "id"
         months = partitions.children(conn, "message_events")
         assert "message_events_default" in months
         this_month = partitions.Month.of_micros(to_micros(core.clock.now()))

@@ -193,8 +193,8 @@ templates = Table(
 )
 
 # On PostgreSQL (0009) the ledger tables and ``messages`` are HASH(tenant_id) partitioned,
-# ``messages``' primary key there is (tenant_id, id) and ``message_events`` is RANGE(at_us)
-# by month with primary key (id, at_us): see consentgate.storage.partitions.
+# ``messages``' primary key there is (id, tenant_id) (0010), and ``message_events`` is
+# RANGE(at_us) by month with primary key (id, at_us): see consentgate.storage.partitions.
 messages = Table(
     "messages",
     metadata,
