@@ -110,7 +110,7 @@ def test_killed_api_loses_no_acknowledged_event(
     cluster: ReliabilityCluster | None = (
         request.getfixturevalue("rel_cluster") if backend == "pg" else None
     )
-    kills = size(3, 10)
+    kills = size(2, 10)
     with stack(backend, tmp_path, cluster, carrier=False) as dep:
         tenant = dep.create_tenant()
         phones = numbers("+4479112", 40)
