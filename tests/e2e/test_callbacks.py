@@ -26,6 +26,9 @@ ALICE, BOB, CAROL, DAVE, ERIN = (
     "+447911100004",
     "+447911100005",
 )
+# The CMP's consent ids name the person by a label, never by the number (a consent_id is
+# stored as given, in the append-only ledger).
+LABELS = {ALICE: "alice", BOB: "bob", CAROL: "carol", DAVE: "dave", ERIN: "erin"}
 
 
 @pytest.fixture
@@ -46,7 +49,7 @@ def _grant(http: httpx.Client, phone: str, purpose: str = "marketing_rcs") -> No
     r = http.post(
         "/v1/consent-events",
         json={
-            "consent_id": f"{phone}-{purpose}",
+            "consent_id": f"{LABELS[phone]}-{purpose}",
             "phone": phone,
             "consent_type": purpose,
             "status": "granted",

@@ -19,13 +19,15 @@ NATIVE, APP, INAPP, SMS, NOCONSENT, GONE = (
     "+447911000005",
     "+447911000006",
 )
+# A consent_id is stored as given (the append-only ledger keeps it): a label, never the number.
+LABELS = {NATIVE: "native", APP: "app", INAPP: "inapp", SMS: "sms", NOCONSENT: "none", GONE: "gone"}
 
 
 def _grant(http: httpx.Client, phone: str, status: str = "granted", n: int = 0) -> None:
     r = http.post(
         "/v1/consent-events",
         json={
-            "consent_id": f"{phone}-{status}-{n}",
+            "consent_id": f"{LABELS[phone]}-{status}-{n}",
             "phone": phone,
             "consent_type": "marketing_rcs",
             "status": status,
