@@ -412,7 +412,9 @@ def ledger_checkpoint(
         elif out is not None:
             out.mkdir(parents=True, exist_ok=True)
             path = out / f"{name}.checkpoint"
-            path.write_text(cp.note)
+            partial = path.with_name(f".{path.name}.{os.getpid()}")
+            partial.write_text(cp.note)
+            os.replace(partial, path)  # run on a schedule: never leave a half-written file
             written[name] = {"tree_size": cp.tree_size, "file": str(path)}
         else:
             written[name] = {"tree_size": cp.tree_size, "checkpoint": cp.note}
