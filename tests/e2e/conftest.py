@@ -57,7 +57,7 @@ def _start(env: dict[str, str], log: Path, *args: str) -> Server:
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # a loaded machine: worker processes import slowly
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited early:\n{log.read_text()}")
@@ -82,3 +82,40 @@ def server(env: dict[str, str], tmp_path: Path) -> Iterator[Server]:
             srv.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             srv.process.kill()
+
+
+@pytest.fixture
+def own_pg(backend: str) -> Iterator[pg.Cluster | None]:
+    """On PostgreSQL, a cluster for this test alone (None on SQLite). For the scans of
+    everything a run left on disk: pg_wal is shared by every database in a cluster, so in the
+    session's cluster a scan also reads what earlier tests wrote (under xdist, whichever ran
+    before on the same worker) and cannot tell whose bytes it found."""
+    if backend != "pg":
+        yield None
+        return
+    if os.environ.get("CONSENTGATE_TEST_NO_PG"):
+        pytest.skip("PostgreSQL half disabled by CONSENTGATE_TEST_NO_PG")
+    try:
+        cluster = pg.start_cluster(prefix="consentgate-own-")
+    except FileNotFoundError as missing:
+        pytest.skip(f"{missing}: the PostgreSQL half of this test is skipped")
+    try:
+        yield cluster
+    finally:
+        pg.destroy(cluster)
+
+
+@pytest.fixture
+def own_env(own_pg: pg.Cluster | None, tmp_path: Path) -> dict[str, str]:
+    """Like ``env``, but on PostgreSQL the database lives in ``own_pg`` (migrated by the
+    server at its start)."""
+    if own_pg is None:
+        url = f"sqlite:///{tmp_path / 'var' / 'consentgate.db'}"
+    else:
+        own_pg.execute("CREATE DATABASE consentgate")
+        url = own_pg.url("consentgate")
+    return {
+        "CONSENTGATE_DATA_DIR": str(tmp_path / "var"),
+        "CONSENTGATE_DATABASE_URL": url,
+        "CONSENTGATE_SQLITE_SYNCHRONOUS": "NORMAL",
+    }
