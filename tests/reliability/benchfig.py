@@ -25,15 +25,20 @@ FLOOR_MS = 100.0
 def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", *args], cwd=RESULTS.parent, capture_output=True, text=True, timeout=10
+            ["git", *args], cwd=RESULTS.parents[1], capture_output=True, text=True, timeout=10
         )
     except OSError:
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return out.stdout.rstrip() if out.returncode == 0 else None
 
 
 def record_withdrawal_reach(
-    reach_ms: float, means: list[float], bounds: list[float], withdrawals: int, line: str
+    reach_ms: float,
+    means: list[float],
+    bounds: list[float],
+    within: list[float],
+    withdrawals: int,
+    line: str,
 ) -> bool:
     """Write the figure (only under ``CONSENTGATE_RELIABILITY=full``); True if written."""
     if not full() or not RESULTS.exists():
@@ -55,6 +60,9 @@ def record_withdrawal_reach(
             "withdrawals": withdrawals,
             "mean_ms_per_worker": means,
             "all_under_bucket_ms_per_worker": bounds,
+            "share_within_floor_per_worker": within,
+            "floor_met_means": "every arrival at every worker within the floor (the "
+            "histogram bucket that holds them all is <= 100 ms)",
             "measured_by": "each worker's consentgate_consent_invalidation_reach_seconds "
             "histogram (--metrics-port), read before and after the withdrawals",
             "checked": line,
