@@ -1,6 +1,7 @@
-"""Withdrawals while three dispatch workers send a campaign (PostgreSQL): no message to a
-withdrawn subject reaches the carrier after the withdrawal was acknowledged, and every
-withdrawal reaches every worker's consent-cache listener (LISTEN/NOTIFY) within the floor.
+"""Withdrawals while three dispatch workers send a campaign (PostgreSQL, SQLite): no message to a
+withdrawn subject reaches the carrier after the withdrawal was acknowledged, and (PostgreSQL)
+every withdrawal reaches every worker's consent-cache listener (LISTEN/NOTIFY), how fast is
+reported.
 
 Each withdrawal names a recipient the carrier has not received yet, so some of them race a
 batch that is being sent. The carrier stamps what it receives (``received_at``); the client
@@ -135,6 +136,42 @@ def test_no_message_after_a_withdrawal_is_acknowledged(
     assert heard == [withdrawals] * WORKERS, line
     # The reach time itself is a figure (bench/results.json, floor 100 ms), not asserted on.
     assert status["sent"] + len(late) <= len(aud.granted) - withdrawals + len(early), line
+
+
+def test_no_message_after_a_withdrawal_is_acknowledged_sqlite(tmp_path: Path) -> None:
+    """The same race on SQLite (three worker processes on one database file): the fences
+    are file locks there; no NOTIFY, so no reach to measure (the shared generation counters
+    make a change visible to this host's processes before it is acknowledged)."""
+    granted, withdrawals = size(300, 2000), size(12, 60)
+    settings = {
+        "CONSENTGATE_DISPATCH_BATCH": "25",
+        "CONSENTGATE_PROVIDER_RATE_RBM": str(size(40, 100)),
+    }
+    with stack("sqlite", tmp_path, None, **settings) as dep:
+        dep.create_tenant()
+        dep.start_serve("--no-workers")
+        for i in range(WORKERS):
+            dep.start_worker(f"worker-{i}")
+        with dep.api() as http:
+            aud = mixed_audience(dep, http, granted, size(20, 200))
+            cid = dep.campaign(http, aud.everyone)
+            assert http.post(f"/v1/campaigns/{cid}/send").status_code == 200
+            wait_for("the first deliveries", lambda: len(dep.received()) >= granted // 10, 60)
+            acks, latencies = _withdraw(dep, http, aud.granted, withdrawals)
+            status = dep.wait_done(http, cid, size(120, 600))
+        received = dep.received()
+    late = [m for m in received if m["to"] in acks and _received_us(m) > acks[m["to"]]]
+    early = [m for m in received if m["to"] in acks and _received_us(m) <= acks[m["to"]]]
+    line = report(
+        f"{len(acks)} withdrawals during a {len(aud.everyone)}-recipient campaign on "
+        f"{WORKERS} workers (sqlite): {len(early)} of their messages received before the "
+        f"acknowledgement, {len(late)} after it; acknowledgement took median "
+        f"{sorted(latencies)[len(latencies) // 2] * 1000:.0f} ms, max "
+        f"{max(latencies) * 1000:.0f} ms; campaign sent {status['sent']}, skipped "
+        f"{status['skipped']} of {len(aud.everyone)}"
+    )
+    assert not late, line
+    assert status["sent"] <= len(aud.granted) - len(acks) + len(early), line
 
 
 def _up(port: int) -> bool:

@@ -22,13 +22,15 @@ still be held past the bound (a sender stopped with its connection open), the wi
 acknowledged and the revoker withdraws the late message at the provider, as before.
 
 If the fence cannot be taken the sender does not send (:class:`StoreUnavailable`: it fails
-closed, like the check itself). SQLite has no advisory locks and no fence; its deployments
-are one host and the revoker covers the race there.
+closed, like the check itself). SQLite has no advisory locks: its processes share a host,
+and the same fences are byte-range locks on a file beside the database
+(:mod:`consentgate.gate.filefence`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import zlib
 from collections.abc import Iterable, Iterator
@@ -39,6 +41,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from consentgate.errors import StoreUnavailable
+from consentgate.gate import filefence
 
 log = logging.getLogger("consentgate.gate.fence")
 
@@ -75,6 +78,8 @@ class SendFence:
         self._main = engine
         self._on = engine.dialect.name == "postgresql"
         self._wait_ms = int(wait.total_seconds() * 1000)
+        path = filefence.path_for(engine.url) if engine.dialect.name == "sqlite" else None
+        self._file = None if path is None else filefence.FileFence(path)
         self._pool: Engine | None = None
         self._lock = threading.Lock()
 
@@ -97,6 +102,16 @@ class SendFence:
         """Hold the fences of these subjects for the block: check consent, then send,
         inside it. Raises :class:`StoreUnavailable` when the fences cannot be taken."""
         keys = _keys(tenant, ((ref, purpose) for ref in refs))
+        if self._file is not None and keys:
+            try:
+                fd = self._file.hold(k % filefence.SLOTS for k in keys)
+            except OSError as exc:
+                raise StoreUnavailable("cannot take the send fences") from exc
+            try:
+                yield
+            finally:
+                os.close(fd)
+            return
         if not self._on or not keys:
             yield
             return
@@ -121,6 +136,18 @@ class SendFence:
         """After a withdrawal of these (subject_ref, purpose) pairs committed, before it is
         acknowledged: wait until no send that may have read the older state is in flight."""
         keys = _keys(tenant, pairs)
+        if self._file is not None and keys:
+            try:
+                waited = self._file.wait((k % filefence.SLOTS for k in keys), self._wait_ms / 1000)
+            except OSError as exc:
+                waited = False
+                log.warning("send fence file unusable (%s)", type(exc).__name__)
+            if not waited:
+                log.warning(
+                    "withdrawal acknowledged without waiting for in-flight sends: the "
+                    "revoker withdraws any late message at the provider"
+                )
+            return
         if not self._on or not keys:
             return
         try:
