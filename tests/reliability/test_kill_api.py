@@ -1,7 +1,8 @@
 """kill -9 the API process, again and again, while client threads ingest single events as fast
 as it answers (``POST /v1/consent-events`` and signed CMP webhooks): every event it
 acknowledged (2xx) is in the ledger afterwards with the content it was acknowledged with,
-``consentgate ledger verify`` passes, and the latest-state view equals a replay of the ledger
+``consentgate ledger verify`` passes and proves the ledger extends every signed checkpoint
+handed out just before a kill, and the latest-state view equals a replay of the ledger
 through the pure rule (:func:`consentgate.domain.consent.fold`).
 
 Clients retry what was not answered (a refused connection while the server is down, a reset
@@ -120,7 +121,8 @@ def test_killed_api_loses_no_acknowledged_event(
             c.start()
         rng = random.Random(7)
         restarts: list[float] = []
-        for _ in range(kills):
+        saved: list[Path] = []
+        for k in range(kills):
             before = sum(len(c.acked) for c in clients)
             deadline = time.monotonic() + 15
             # Kill only once this server has acknowledged something, at a random moment.
@@ -128,6 +130,12 @@ def test_killed_api_loses_no_acknowledged_event(
                 assert time.monotonic() < deadline, "no acknowledgements after a restart"
                 time.sleep(0.01)
             time.sleep(rng.uniform(0.05, 0.4))
+            # A signed checkpoint handed out just before the crash: the ledger must extend it.
+            with dep.api() as http:
+                r = http.get("/v1/ledger/checkpoint")
+            assert r.status_code == 200, r.text
+            saved.append(tmp_path / f"before-kill-{k}.checkpoint")
+            saved[-1].write_text(r.text)
             dep.procs[-1].kill9()
             down = time.monotonic()
             dep.start_serve()
@@ -196,14 +204,17 @@ def test_killed_api_loses_no_acknowledged_event(
             key: (e.status.value, to_micros(e.effective_at), e.event_seq, e.consent_id)
             for key, e in replay.items()
         }
-        verify = dep.cli("ledger", "verify", "--tenant", tenant["tenant"], check=False)
+        extends = [a for path in saved for a in ("--against-checkpoint", str(path))]
+        verify = dep.cli("ledger", "verify", "--tenant", tenant["tenant"], *extends, check=False)
+        sizes = [int(path.read_text().split("\n")[1]) for path in saved]
         errors = {k: v for k, v in attempts.items() if not k.startswith("2")}
         line = report(
             f"kill -9 API x{kills} ({backend}): {len(acked)} events acknowledged, "
             f"{len(missing)} of them missing from the ledger, {len(wrong)} with other content; "
             f"ledger holds {len(leaves)} leaves; state view {len(view)} rows, replay "
             f"{len(replayed)} rows, {sum(view.get(k) != v for k, v in replayed.items())} differ; "
-            f"ledger verify exit {verify.exit_code}; unanswered attempts {errors}; "
+            f"ledger verify exit {verify.exit_code}, extending the checkpoints of tree sizes "
+            f"{sizes} handed out before each kill; unanswered attempts {errors}; "
             f"restarts took {', '.join(f'{r:.1f}' for r in restarts)} s"
         )
         assert not refused, refused

@@ -1,6 +1,7 @@
 """kill -9 dispatch workers during a campaign: three ``consentgate worker --kind dispatch``
 processes on PostgreSQL share the queue (``FOR UPDATE SKIP LOCKED`` with leases), one of them
-is killed mid-send again and again and a fresh one started in its place. At the carrier every
+is killed mid-send again and again and a fresh one started in its place (under ``make
+reliability`` on SQLite as well: three worker processes on one database file). At the carrier every
 eligible recipient has exactly one message and no withdrawn or never-consented number has any.
 
 Small batches, a short lease and a per-process rate limit keep the campaign in flight across
@@ -20,6 +21,7 @@ from tests.reliability.procs import (
     ReliabilityCluster,
     Stack,
     exactly_once,
+    full,
     mixed_audience,
     report,
     size,
@@ -34,17 +36,20 @@ def _reached(dep: Stack, count: int) -> bool:
     return len(dep.received()) >= count
 
 
-@pytest.mark.parametrize("backend", ["pg"])
+@pytest.mark.parametrize("backend", ["pg", "sqlite"] if full() else ["pg"])
 def test_killed_dispatch_workers_send_each_eligible_recipient_once(
-    backend: str, tmp_path: Path, rel_cluster: ReliabilityCluster
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    cluster: ReliabilityCluster | None = (
+        request.getfixturevalue("rel_cluster") if backend == "pg" else None
+    )
     granted, other, kills = size(240, 3000), size(40, 500), size(3, 10)
     settings = {
         "CONSENTGATE_DISPATCH_LEASE_SECONDS": "2",
         "CONSENTGATE_DISPATCH_BATCH": "25",
         "CONSENTGATE_PROVIDER_RATE_RBM": str(size(60, 300)),
     }
-    with stack(backend, tmp_path, rel_cluster, **settings) as dep:
+    with stack(backend, tmp_path, cluster, **settings) as dep:
         dep.create_tenant()
         dep.start_serve("--no-workers")
         workers = [dep.start_worker(f"worker-{i}") for i in range(WORKERS)]
