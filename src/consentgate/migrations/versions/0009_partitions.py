@@ -12,7 +12,8 @@ table to include its partition key):
 * ``messages`` (send decisions): ``HASH(tenant_id)``, 8 partitions. Its idempotency key
   ``(tenant_id, idempotency_key)`` must stay unique for ever (a retried send must never go
   out twice); ranged by month it would have to include the month and would only be unique
-  within one. Its primary key becomes ``(tenant_id, id)`` (ids are random UUIDs).
+  within one. Its primary key becomes ``(tenant_id, id)`` (ids are random UUIDs; 0010
+  puts ``id`` first, for lookups by id alone).
 * ``message_events`` (delivery receipts, reads, failures): ``RANGE(at_us)`` by calendar
   month (UTC) plus a ``message_events_default`` partition, so retention's time cuts fall on
   whole partitions. Primary key ``(id, at_us)``; its foreign key to ``messages`` becomes
@@ -23,9 +24,9 @@ table to include its partition key):
 
 Month partitions: this migration makes one for every month from the oldest event's to the
 next two after this one. Later months are made ahead of time by
-``consentgate.storage.partitions.ensure_month_partitions``, which every checkpoint worker pass
-(``consentgate worker --kind checkpoint``, ``all``, and ``serve``'s in-process workers) and
-``consentgate partitions ensure`` call. An event outside every month partition lands in the
+``consentgate.storage.partitions.ensure_month_partitions``, which checkpoint workers
+(``consentgate worker --kind checkpoint``, ``all``, and ``serve``'s in-process workers) call
+at start and every ten minutes, and ``consentgate partitions ensure`` on demand. An event outside every month partition lands in the
 default partition and is moved out when its month is made.
 
 The conversion is in place, in this migration's transaction: rename the table, create the
