@@ -26,8 +26,9 @@ Month partitions: this migration makes one for every month from the oldest event
 next two after this one. Later months are made ahead of time by
 ``consentgate.storage.partitions.ensure_month_partitions``, which checkpoint workers
 (``consentgate worker --kind checkpoint``, ``all``, and ``serve``'s in-process workers) call
-at start and every ten minutes, and ``consentgate partitions ensure`` on demand. An event outside every month partition lands in the
-default partition and is moved out when its month is made.
+at start and every ten minutes, and ``consentgate partitions ensure`` on demand. An event
+outside every month partition lands in the default partition and is moved out when its month
+is made.
 
 The conversion is in place, in this migration's transaction: rename the table, create the
 partitioned one with the same columns, copy the rows, drop the old table (its append-only
