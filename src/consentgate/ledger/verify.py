@@ -18,7 +18,18 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, select, tuple_
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Select,
+    SmallInteger,
+    and_,
+    bindparam,
+    func,
+    select,
+    tuple_,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from consentgate.domain import consent as rules
 from consentgate.domain.consent import ConsentStatus, StateEntry
@@ -72,14 +83,7 @@ class _NodeChecker:
             return
         stored = {
             (int(level), int(idx)): bytes(value)
-            for level, idx, value in self._conn.execute(
-                select(ledger_nodes.c.level, ledger_nodes.c.idx, ledger_nodes.c.hash).where(
-                    and_(
-                        ledger_nodes.c.tenant_id == self._tenant,
-                        tuple_(ledger_nodes.c.level, ledger_nodes.c.idx).in_(list(self._pending)),
-                    )
-                )
-            )
+            for level, idx, value in self._conn.execute(self._query())
         }
         for (level, idx), value in sorted(self._pending.items(), key=lambda i: i[0][1] << i[0][0]):
             if stored.get((level, idx)) != value:
@@ -89,6 +93,25 @@ class _NodeChecker:
                 )
         self.checked += len(self._pending)
         self._pending.clear()
+
+    def _query(self) -> Select[Any]:
+        nodes = ledger_nodes.c
+        chosen = select(nodes.level, nodes.idx, nodes.hash).where(nodes.tenant_id == self._tenant)
+        if self._conn.dialect.name != "postgresql":
+            return chosen.where(tuple_(nodes.level, nodes.idx).in_(list(self._pending)))
+        # PostgreSQL plans a row-value IN list as an OR of ANDs: on the hash-partitioned
+        # ledger_nodes (0009) a chunk of 5,000 took 30-70 s to plan; a join on two arrays
+        # takes milliseconds.
+        levels, idxs = zip(*self._pending, strict=True)
+        wanted = (
+            func.unnest(
+                bindparam("levels", list(levels), type_=ARRAY(SmallInteger)),
+                bindparam("idxs", list(idxs), type_=ARRAY(BigInteger)),
+            )
+            .table_valued("level", "idx")
+            .render_derived(name="wanted")
+        )
+        return chosen.join(wanted, and_(nodes.level == wanted.c.level, nodes.idx == wanted.c.idx))
 
 
 def verify_tenant(
