@@ -126,6 +126,32 @@ def test_receipts_and_exports_sign_on_demand(deferred: App) -> None:
     assert verify_note(bundle["checkpoint"], app.ledger.verifier_keys("acme")).size == 4
 
 
+def test_the_in_process_worker_signs_moved_heads(env: dict[str, str], clock: FixedClock) -> None:
+    """What ``serve`` (and ``worker --kind checkpoint``) start: App.start_background."""
+    app = build(
+        load_settings(
+            {
+                **env,
+                "CONSENTGATE_CHECKPOINT_ON_COMMIT": "false",
+                "CONSENTGATE_CHECKPOINT_INTERVAL_SECONDS": "0.02",
+            }
+        ),
+        clock=clock,
+    )
+    try:
+        app.tenants.create("acme", "GB")
+        app.start_background(kinds=("checkpoint",))
+        _ingest(app, "acme", 0, 2)
+        _ingest(app, "acme", 2, 2)
+        deadline = time.monotonic() + 30
+        while _signed_sizes(app, "acme")[-1:] != [4]:
+            assert time.monotonic() < deadline, "the in-process worker signed nothing"
+            time.sleep(0.02)
+    finally:
+        app.close()
+    assert set(_signed_sizes(app, "acme")) <= {2, 4}
+
+
 def test_on_commit_signing_leaves_the_worker_nothing(core: App) -> None:
     core.tenants.create("acme", "GB")
     _ingest(core, "acme", 0, 2)
