@@ -54,6 +54,14 @@ class Conflict(ConsentGateError):
     title = "Conflict"
 
 
+class UnsupportedMediaType(ConsentGateError):
+    """The body is labelled as something the endpoint does not read (its Content-Type)."""
+
+    code = "unsupported-media-type"
+    status = 415
+    title = "Unsupported media type"
+
+
 class Unauthenticated(ConsentGateError):
     code = "unauthenticated"
     status = 401

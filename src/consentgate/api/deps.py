@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -11,6 +10,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from consentgate.bootstrap import App
+from consentgate.domain import strictjson
 from consentgate.domain.identity import Identifier, normalise_email, normalise_phone
 from consentgate.errors import Forbidden, InvalidInput
 from consentgate.tenants.service import Principal, Scope
@@ -54,12 +54,13 @@ def require(*scopes: Scope) -> Callable[[Request], Coroutine[Any, Any, Principal
 
 
 async def json_body(request: Request) -> Any:
-    """The body as JSON; malformed JSON or bad UTF-8 is a 400 problem (via InvalidInput)."""
+    """The body as strict JSON (:mod:`consentgate.domain.strictjson`); bad UTF-8, malformed
+    or ambiguous JSON (a repeated name) is a 400 problem."""
     raw = await request.body()
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise MalformedBody("the body is not valid UTF-8 JSON") from None
+        return strictjson.loads(raw)
+    except strictjson.NotJson as exc:
+        raise MalformedBody(f"the body is not valid UTF-8 JSON: {exc}") from None
 
 
 class MalformedBody(InvalidInput):

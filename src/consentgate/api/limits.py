@@ -1,5 +1,10 @@
 """A pure ASGI middleware that refuses oversized bodies early (413), before they are read
-into memory: by Content-Length when given, else by counting the streamed chunks."""
+into memory: by Content-Length when given, else by counting the streamed chunks.
+
+Past the limit, reading the body raises inside the app. Code that reads it directly lets
+that propagate; FastAPI's body parsing (the sandbox's models) catches it and answers its own
+400 instead. Either way the answer is 413: once the limit is passed, whatever response the
+app starts is replaced by it."""
 
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ class BodyLimit:
                 await self._reject(scope, send)
                 return
         seen = 0
-        too_large = False
+        too_large = rejected = started = False
 
         async def limited() -> Message:
             nonlocal seen, too_large
@@ -41,10 +46,21 @@ class BodyLimit:
                     raise _TooLarge
             return message
 
+        async def guarded(message: Message) -> None:
+            nonlocal rejected, started
+            if not too_large or started:
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+            elif not rejected:  # the app answered the failed read itself: answer 413
+                rejected = True
+                await self._reject(scope, send)
+
         try:
-            await self.app(scope, limited, send)
+            await self.app(scope, limited, guarded)
         except _TooLarge:
-            await self._reject(scope, send)
+            if not rejected and not started:
+                rejected = True
+                await self._reject(scope, send)
 
     async def _reject(self, scope: Scope, send: Send) -> None:
         body: dict[str, Any] = {

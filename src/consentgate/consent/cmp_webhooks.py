@@ -21,6 +21,7 @@ from consentgate.consent.batcher import Batcher
 from consentgate.consent.group_commit import GroupCommitter
 from consentgate.consent.ingest import EventInput, IngestResult, IngestService, Prepared
 from consentgate.crypto.keystore import KeyStore
+from consentgate.domain import strictjson
 from consentgate.domain.clock import Clock
 from consentgate.domain.timeutil import to_micros
 from consentgate.errors import InvalidInput, NotFound, Unauthenticated
@@ -126,9 +127,9 @@ class CmpWebhookService:
                 f"no CMP adapter named {adapter!r}; one of {', '.join(self.adapter_names)}"
             )
         try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            raise InvalidInput("the body is not valid UTF-8 JSON", field="body") from None
+            payload = strictjson.loads(body)
+        except strictjson.NotJson as exc:
+            raise InvalidInput(f"the body is not valid UTF-8 JSON: {exc}", field="body") from None
         events, batch = convert(tenant, payload)
         if not events:
             # e.g. a GPP string with no mapped opt-out set: nothing to record, nothing wrong.
@@ -154,6 +155,8 @@ class CmpWebhookService:
     async def deliver(self, delivery: Delivery) -> WebhookOutcome:
         """For an event loop: :meth:`handle_many` in a worker thread, together with whatever
         other deliveries are waiting (:mod:`consentgate.consent.batcher`)."""
+        # (Here, not in a route: the hot path calls this too.)
+        strictjson.require_media_type(delivery.headers.get("content-type"), "application/json")
         shard = zlib.crc32(delivery.tenant.encode()) % _SHARDS
         return await self._batchers[shard].submit(delivery)
 

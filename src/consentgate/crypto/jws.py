@@ -75,7 +75,7 @@ def split_compact(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, by
     try:
         header = json.loads(_unb64url(parts[0]))
         claims = json.loads(_unb64url(parts[1]))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # (binascii.Error is a ValueError)
         raise JwsError("JWS header or payload is not JSON") from None
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise JwsError("JWS header and payload must be JSON objects")
@@ -108,7 +108,7 @@ def verify_with_jwks(token: str, jwks: dict[str, Any]) -> Verified:
         raise JwsError("could not verify the receipt") from None
     try:
         claims = json.loads(obj.payload)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise JwsError("receipt payload is not JSON") from None
     if not isinstance(claims, dict):
         raise JwsError("receipt payload must be a JSON object")

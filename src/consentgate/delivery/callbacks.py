@@ -392,7 +392,7 @@ def _rbm_event_id(body: bytes) -> str | None:
     try:
         data = base64.b64decode(json.loads(body)["message"]["data"], validate=True)
         event = json.loads(data)
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError, binascii.Error):
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, binascii.Error, RecursionError):
         return None
     value = event.get("eventId") if isinstance(event, dict) else None
     return value if isinstance(value, str) and value else None

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from consentgate.crypto.keystore import KeyStore
 from consentgate.delivery.dispatch import Dispatcher
 from consentgate.delivery.registry import Registry
 from consentgate.delivery.sealed import seal_number
+from consentgate.domain import strictjson
 from consentgate.domain.clock import Clock
 from consentgate.domain.identity import normalise_phones
 from consentgate.domain.reasons import ReasonCode
@@ -56,7 +56,7 @@ def _rows(chunks: Iterator[bytes], content_type: str) -> Iterator[str]:
             if not line:
                 continue
             if ndjson:
-                value = json.loads(line)
+                value = strictjson.loads(line)
                 if not isinstance(value, dict) or not isinstance(value.get("phone"), str):
                     raise InvalidInput(
                         'each NDJSON line must be {"phone": "..."}', field="audience"
@@ -172,7 +172,7 @@ class CampaignService:
                             conn, tenant, region, campaign_id, pending, accepted, invalid, now
                         )
                         pending = []
-            except (UnicodeDecodeError, json.JSONDecodeError, csv.Error):
+            except (UnicodeDecodeError, strictjson.NotJson, csv.Error):
                 raise InvalidInput(
                     "the audience is not UTF-8 CSV or NDJSON", field="audience"
                 ) from None

@@ -19,9 +19,12 @@ from consentgate.api.openapi import request_body
 from consentgate.delivery.callbacks import CallbackService
 from consentgate.delivery.providers import rbm
 from consentgate.delivery.providers.base import header
+from consentgate.domain.strictjson import require_media_type
 from consentgate.tenants.service import Principal, Scope
 
 router = APIRouter(prefix="/v1")
+
+_MEDIA = {"rbm": "application/json", "sms": "application/x-www-form-urlencoded"}
 
 Reader = Annotated[Principal, Depends(require(Scope.SEND, Scope.AUDIT_READ, Scope.ADMIN))]
 
@@ -69,8 +72,12 @@ async def provider_callback(provider: str, request: Request) -> Response:
     the whole text, any case) or an unsubscribe event withdraws the sender's marketing
     purposes (names starting `marketing`), recorded with source `inbound_keyword`."""
     service = _service(request)
-    body = await request.body()
     target = service.provider(provider)
+    # RBM posts JSON, Twilio a form; a body labelled otherwise is not read as either.
+    expected = _MEDIA.get(provider)
+    if expected is not None:
+        require_media_type(request.headers.get("content-type"), expected)
+    body = await request.body()
     if (
         isinstance(target, rbm.RbmProvider)
         and header(request.headers, rbm.SIGNATURE_HEADER) is None

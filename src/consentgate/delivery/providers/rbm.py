@@ -64,6 +64,7 @@ from consentgate.delivery.providers.base import (
     require_e164,
     response_json,
 )
+from consentgate.domain import strictjson
 from consentgate.domain.clock import Clock, SystemClock
 
 #: The sandbox's capability feature for native E2EE (RBM publishes no such feature).
@@ -109,7 +110,7 @@ def webhook_verification_secret(body: bytes, client_token: str) -> str | None:
     back as the 200 response body. Returns the secret when the token matches, else None."""
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # (deep nesting: RecursionError)
         return None
     if not isinstance(payload, dict) or set(payload) != {"clientToken", "secret"}:
         return None
@@ -279,14 +280,21 @@ class RbmProvider:
         try:
             outer = json.loads(body)
             data = base64.b64decode(outer["message"]["data"], validate=True)
-        except (ValueError, UnicodeDecodeError, KeyError, TypeError, binascii.Error):
+        except (
+            ValueError,
+            UnicodeDecodeError,
+            KeyError,
+            TypeError,
+            binascii.Error,
+            RecursionError,
+        ):
             raise CallbackUnauthenticated("rbm: not a signed RBM callback") from None
         expected = sign(self._client_token, data).encode("ascii")
         if not hmac.compare_digest(expected, signature.encode("utf-8", "replace")):
             raise CallbackUnauthenticated("rbm: callback signature does not verify")
         try:
-            event = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+            event = strictjson.loads(data)
+        except strictjson.NotJson:
             raise CallbackMalformed("rbm: callback data is not JSON") from None
         if not isinstance(event, dict):
             raise CallbackMalformed("rbm: callback data is not a JSON object")

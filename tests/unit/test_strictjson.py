@@ -1,0 +1,36 @@
+"""Strict JSON for bodies from outside: one meaning or a refusal."""
+
+from __future__ import annotations
+
+import pytest
+
+from consentgate.domain.strictjson import NotJson, loads
+
+
+def test_plain_json_reads_as_json() -> None:
+    assert loads(b'{"a": [1, 2.5, "x", null, true], "b": {"c": -0.0}}') == {
+        "a": [1, 2.5, "x", None, True],
+        "b": {"c": -0.0},
+    }
+    assert loads('"é"') == "é"
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b'{"status": "granted", "status": "withdrawn"}', "repeats a name"),
+        (b'[{"a": 1}, {"b": 1, "b": 1}]', "repeats a name"),
+        (b'{"a": NaN}', "NaN is not JSON"),
+        (b"-Infinity", "-Infinity is not JSON"),
+        (b"1e999999", "too large"),
+        (b"9" * 5000, "not valid JSON"),  # past Python's 4,300-digit limit
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"a": "\xff"}', "not UTF-8"),
+        (b'{"a": 1', "not valid JSON"),
+        (b"", "not valid JSON"),
+    ],
+)
+def test_ambiguous_or_malformed_json_is_refused(raw: bytes, why: str) -> None:
+    with pytest.raises(NotJson, match=why):
+        loads(raw)
+    assert issubclass(NotJson, ValueError)
