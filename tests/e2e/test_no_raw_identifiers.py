@@ -13,6 +13,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
+from tests import pg
 from tests.e2e.conftest import Server
 
 PHONES = ["07911 123456", "+44 7400 123456", "+447700123456", "(0)7911-222333", "+1 650 253 0000"]
@@ -73,9 +74,14 @@ def _check_metrics_and_log(server: Server, metrics: Path) -> None:
         assert isinstance(json.loads(line), dict), line
 
 
-def test_no_raw_identifier_reaches_disk_or_logs(
-    server: Server, backend: str, request: pytest.FixtureRequest
-) -> None:
+@pytest.fixture
+def env(own_env: dict[str, str]) -> dict[str, str]:
+    """On PostgreSQL a cluster of the test's own: the scan reads all of it, WAL included, and
+    a shared cluster's WAL holds every earlier test's writes too."""
+    return own_env
+
+
+def test_no_raw_identifier_reaches_disk_or_logs(server: Server, own_pg: pg.Cluster | None) -> None:
     acme = server.create_tenant("acme")
     with server.client(acme["api_key"]) as http:
         for i, phone in enumerate(PHONES):
@@ -167,15 +173,11 @@ def test_no_raw_identifier_reaches_disk_or_logs(
 
     data_dir = Path(server.env["CONSENTGATE_DATA_DIR"])
     paths = [*_files(data_dir), server.log, metrics]
-    if backend == "pg":
-        cluster = request.getfixturevalue("pg_cluster")
-        db = server.env["CONSENTGATE_DATABASE_URL"].rsplit("/", 1)[1]
-        with psycopg.connect(cluster.admin_dsn(), autocommit=True) as conn:
+    if own_pg is not None:  # every file of the test's own cluster
+        with psycopg.connect(own_pg.admin_dsn(), autocommit=True) as conn:
             conn.execute("CHECKPOINT")
-            oid = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (db,)).fetchone()
-        assert oid is not None
-        paths += _files(cluster.datadir / "base" / str(oid[0])) + _files(cluster.datadir / "pg_wal")
-        paths.append(cluster.base / "server.log")
+        paths += _files(own_pg.datadir)
+        paths.append(own_pg.base / "server.log")
     else:
         assert any(p.name.endswith(".db") for p in paths)
     assert len(paths) > 3
