@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -20,7 +21,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, pool
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 
 from consentgate.config import StorageSettings
 from consentgate.errors import StoreUnavailable
@@ -48,16 +49,50 @@ def build_engine(settings: StorageSettings) -> Engine:
                 settings.busy_timeout_ms / 1000,
             )
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=settings.pool_size,
         max_overflow=settings.pool_size,
-        pool_pre_ping=True,
         # No server-side auto-prepare: a generic plan cached for an IN list of hundreds of
         # values went badly wrong as tables grew (hundreds of ms per statement, seen in
         # the benchmark); planning each statement costs far less than that.
         connect_args={"connect_timeout": 5, "prepare_threshold": None},
     )
+    _ping_when_idle(engine)
+    return engine
+
+
+#: A pooled PostgreSQL connection idle longer than this is pinged before it is handed out.
+IDLE_PING_SECONDS = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Pessimistic disconnect handling, but only where it can matter.
+
+    ``pool_pre_ping`` pinged on *every* checkout: a round trip and ~0.4 ms of CPU (measured:
+    a consent lookup on PostgreSQL cost 1.11 ms of CPU with it, 0.68 ms without), paid by
+    every statement of the service. A connection in steady use has just proved it is alive;
+    one that sat in the pool may have been cut (a database restart, a failover, an idle
+    timeout). So only connections idle for more than :data:`IDLE_PING_SECONDS` are pinged,
+    and a dead one is replaced before anyone uses it (``DisconnectionError`` makes the pool
+    retry with a fresh connection). A connection that dies while busy fails its statement:
+    SQLAlchemy then recycles every pooled connection older than the failure, and the caller
+    gets ``StoreUnavailable`` (fail closed)."""
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since < IDLE_PING_SECONDS:
+            return
+        try:
+            dbapi_conn.execute("SELECT 1")
+            dbapi_conn.rollback()
+        except dbapi_conn.Error as exc:  # psycopg's base error: the connection is gone
+            raise DisconnectionError("pooled connection failed its ping") from exc
 
 
 def _configure_sqlite(engine: Engine, settings: StorageSettings) -> None:
