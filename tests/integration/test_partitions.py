@@ -27,6 +27,7 @@ from consentgate.ledger.verify import verify_tenant
 from consentgate.storage import partitions
 from consentgate.storage.engine import alembic_config, read_tx, write_tx
 
+WILD_US = 31_536_000_000_000  # 1971-01-01T00:00:00Z
 TABLES = ("ledger_entries", "ledger_nodes", "checkpoints", "messages", "message_events")
 
 
@@ -117,8 +118,17 @@ def two_tenants(core: App, clock: FixedClock) -> App:
 
 def test_migration_converts_a_database_with_data(two_tenants: App, backend: str) -> None:
     core = two_tenants
+    with write_tx(core.engine) as conn:  # a provider's wild receipt time: 1971
+        conn.execute(
+            text(
+                "INSERT INTO message_events (id, tenant_id, message_id, kind, at_us) "
+                "SELECT :i, tenant_id, id, 'read', :a FROM messages WHERE tenant_id = 'acme' "
+                "LIMIT 1"
+            ),
+            {"i": str(uuid.uuid4()), "a": WILD_US},
+        )
     before = _snapshot(core)
-    assert len(before["ledger_entries"]) == 10 and len(before["message_events"]) == 12
+    assert len(before["ledger_entries"]) == 10 and len(before["message_events"]) == 13
     sizes = {t: _verified(core, t) for t in ("acme", "globex")}
     with read_tx(core.engine) as conn:
         assert all(partitions.is_partitioned(conn, t) is (backend == "pg") for t in TABLES)
@@ -152,6 +162,12 @@ def test_migration_converts_a_database_with_data(two_tenants: App, backend: str)
         assert key == "id"
         months = partitions.children(conn, "message_events")
         assert "message_events_default" in months
+        assert len(months) <= 1 + 121 + partitions.MONTHS_AHEAD  # not one per month since 1971
+        wild = conn.execute(
+            text("SELECT tableoid::regclass::text FROM message_events WHERE at_us = :a"),
+            {"a": WILD_US},
+        ).scalar_one()
+        assert wild == "message_events_default"
         this_month = partitions.Month.of_micros(to_micros(core.clock.now()))
         assert this_month.partition("message_events") in months
         # Each tenant's rows sit in exactly one hash partition, not the same one for both.

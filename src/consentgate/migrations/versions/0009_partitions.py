@@ -22,11 +22,11 @@ table to include its partition key):
   CASCADE and the relay reads it by ``seq``; ranged by month, ``seq`` would stop being a key
   on its own. It is a queue that retention keeps short.
 
-Month partitions: this migration makes one for every month from the oldest event's to the
-next two after this one. Later months are made ahead of time by
-``consentgate.storage.partitions.ensure_month_partitions``, which checkpoint workers
-(``consentgate worker --kind checkpoint``, ``all``, and ``serve``'s in-process workers) call
-at start and every ten minutes, and ``consentgate partitions ensure`` on demand. An event
+Month partitions: this migration makes one for every month from the oldest event's (at most
+ten years back: the longest retention) to the next two after this one. Later months are made
+ahead of time by ``consentgate.storage.partitions.ensure_month_partitions``, which checkpoint
+workers (``consentgate worker --kind checkpoint``, ``all``, and ``serve``'s in-process workers)
+call at start and every ten minutes, and ``consentgate partitions ensure`` on demand. An event
 outside every month partition lands in the default partition and is moved out when its month
 is made.
 
@@ -57,6 +57,7 @@ branch_labels = None
 depends_on = None
 
 APPEND_ONLY = ("ledger_entries", "ledger_nodes", "checkpoints")
+_MAX_RETENTION_US = 3650 * 86_400 * 1_000_000  # retention settings allow at most 3650 days
 
 
 class _Shape(NamedTuple):
@@ -169,11 +170,15 @@ def _hash_children(table: str) -> list[str]:
 
 def _month_children(table: str, column: str) -> list[str]:
     bind = op.get_bind()
-    lo, hi = bind.exec_driver_sql(f'SELECT min({column}), max({column}) FROM "{table}"').one()  # noqa: S608
+    lo = bind.exec_driver_sql(f'SELECT min({column}) FROM "{table}"').scalar()  # noqa: S608
     now_us = int(time.time() * 1_000_000)
     months = set(partitions.months_to_ensure(now_us))
     if lo is not None:  # every month from the oldest event on, without gaps
-        months.update(partitions.months_between(min(int(lo), now_us), max(int(hi), now_us)))
+        # Instants come from providers' callbacks: a wild one (1970, 9999) must not make
+        # thousands of partitions. Events older than the longest retention (3650 days), or
+        # past the months made ahead, stay in the default partition.
+        oldest = max(int(lo), now_us - _MAX_RETENTION_US)
+        months.update(partitions.months_between(min(oldest, now_us), now_us))
     made = [f'CREATE TABLE "{table}_default" PARTITION OF "{table}" DEFAULT']
     for month in sorted(months):
         low, high = month.bounds_us()
