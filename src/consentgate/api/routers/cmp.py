@@ -7,7 +7,9 @@ reads the path parameters and the raw body itself, skipping dependency solving a
 validation (~120 µs of CPU per request measured), and hands the delivery to the service's
 batcher instead of a thread pool (no thread hop per request). Errors still leave as RFC 9457
 problems: they are raised to the handlers of :mod:`consentgate.api.problems` like any
-route's.
+route's. (In the app as built by ``create_app``, :mod:`consentgate.api.hotpath` answers these
+requests before routing, with the same service call; this route is what the router would
+serve without it, and what OpenAPI documents.)
 """
 
 from __future__ import annotations
