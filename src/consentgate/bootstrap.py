@@ -238,6 +238,7 @@ def build(
         outbox=outbox_store.erase_subject,
         notify=outbox.subject_erased,
         join_tokens=attribution.join_tokens,
+        fence=fence,
     )
     return App(
         settings=settings,

@@ -58,6 +58,7 @@ from consentgate.domain.clock import Clock
 from consentgate.domain.consent import Source
 from consentgate.domain.reasons import ReasonCode
 from consentgate.domain.timeutil import format_rfc3339, to_micros
+from consentgate.gate.fence import SendFence
 from consentgate.gate.gate import ConsentGate
 from consentgate.ledger.leaf import LeafEvent, content_fingerprint
 from consentgate.ledger.store import Head, LedgerStore, NewLeaf
@@ -157,7 +158,9 @@ class ErasureService:
         outbox: OutboxEraser | None = None,
         notify: ErasureNotifier | None = None,
         join_tokens: JoinTokens | None = None,
+        fence: SendFence | None = None,
     ) -> None:
+        self._fence = fence
         self._engine = engine
         self._tenants = tenants
         self._links = links
@@ -200,6 +203,8 @@ class ErasureService:
             if conn.dialect.name == "postgresql":
                 notify_changes(conn, tenant, keys)
         self._gate.on_changes(tenant, keys)
+        if self._fence is not None:  # like a withdrawal: no send in flight outlives the answer
+            self._fence.wait_for_sends(tenant, keys)
         touched = [name for name, n in counts.items() if n] + ["subject_links"]
         if counts["outbox_events"]:
             touched.append("outbox_deliveries")
