@@ -132,7 +132,7 @@ class IngestService:
         self._outbox = outbox
         self._receipt_policy = receipt_policy or (lambda _tenant: ReceiptPolicy())
         self._listeners: list[Callable[[str, list[tuple[str, str]]], None]] = []
-        self._withdrawal_listeners: list[Callable[[str, list[tuple[str, str]]], None]] = []
+        self._withdrawal_listeners: list[Callable[[str, list[tuple[str, str]]], object]] = []
         self._engine = engine
         self._tenants = tenants
         self._links = links
@@ -251,7 +251,7 @@ class IngestService:
         self._listeners.append(listener)
 
     def add_withdrawal_listener(
-        self, listener: Callable[[str, list[tuple[str, str]]], None]
+        self, listener: Callable[[str, list[tuple[str, str]]], object]
     ) -> None:
         """Called after each commit, after the :meth:`add_listener` ones and before the
         answer, with the (subject_ref, purpose) pairs now withdrawn (e.g. to wait for the
@@ -397,8 +397,8 @@ class IngestService:
             }
             now_withdrawn = [key for key in changed_keys if key in withdrawn]
             if now_withdrawn:
-                for listener in self._withdrawal_listeners:
-                    listener(tenant, now_withdrawn)
+                for waiter in self._withdrawal_listeners:
+                    waiter(tenant, now_withdrawn)
         self._metrics.consent_recorded(
             tenant,
             [(leaf.consent_type, leaf.status, leaf.source) for _, leaf in fresh],

@@ -132,31 +132,29 @@ class SendFence:
                 conn.invalidate()  # a broken connection's locks went with it
             conn.close()
 
-    def wait_for_sends(self, tenant: str, pairs: Iterable[tuple[str, str]]) -> None:
+    def wait_for_sends(self, tenant: str, pairs: Iterable[tuple[str, str]]) -> bool:
         """After a withdrawal of these (subject_ref, purpose) pairs committed, before it is
-        acknowledged: wait until no send that may have read the older state is in flight."""
+        acknowledged: wait until no send that may have read the older state is in flight.
+        False if it gave up (the bound passed, or the fences could not be read)."""
         keys = _keys(tenant, pairs)
+        waited = True
         if self._file is not None and keys:
             try:
                 waited = self._file.wait((k % filefence.SLOTS for k in keys), self._wait_ms / 1000)
             except OSError as exc:
                 waited = False
                 log.warning("send fence file unusable (%s)", type(exc).__name__)
-            if not waited:
-                log.warning(
-                    "withdrawal acknowledged without waiting for in-flight sends: the "
-                    "revoker withdraws any late message at the provider"
-                )
-            return
-        if not self._on or not keys:
-            return
-        try:
-            with self._senders().begin() as conn:  # the locks end with the transaction
-                conn.execute(text(f"SET LOCAL lock_timeout = {self._wait_ms}"))
-                conn.execute(_EXCLUSIVE, {"c": FENCE_CLASS, "keys": keys})
-        except SQLAlchemyError as exc:
+        elif self._on and keys:
+            try:
+                with self._senders().begin() as conn:  # the locks end with the transaction
+                    conn.execute(text(f"SET LOCAL lock_timeout = {max(1, self._wait_ms)}"))
+                    conn.execute(_EXCLUSIVE, {"c": FENCE_CLASS, "keys": keys})
+            except SQLAlchemyError as exc:
+                waited = False
+                log.warning("send fences unavailable (%s)", type(exc).__name__)
+        if not waited:
             log.warning(
-                "withdrawal acknowledged without waiting for in-flight sends (%s): the "
-                "revoker withdraws any late message at the provider",
-                type(exc).__name__,
+                "withdrawal acknowledged without waiting for in-flight sends: the revoker "
+                "withdraws any late message at the provider"
             )
+        return waited
