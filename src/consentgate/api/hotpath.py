@@ -43,6 +43,7 @@ from consentgate.api.problems import problem_parts
 from consentgate.bootstrap import App
 from consentgate.consent.cmp_webhooks import Delivery
 from consentgate.consent.ingest import EventInput
+from consentgate.domain import strictjson
 from consentgate.errors import ConsentGateError
 from consentgate.tenants.service import Principal
 from consentgate.tenants.service import Scope as ApiScope
@@ -138,7 +139,7 @@ class HotPath:
         if principal is None or not principal.scopes.intersection(_WRITERS):
             return None
         try:
-            doc = json.loads(await _body(receive))
+            doc = strictjson.loads(await _body(receive))  # as the app's json_body
             if not isinstance(doc, dict) or "events" in doc:
                 return None
             event = EventInput(**ConsentEventIn.model_validate(doc).model_dump())
