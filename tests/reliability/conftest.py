@@ -11,6 +11,7 @@ import pytest
 from consentgate.config import load_settings
 from consentgate.storage.engine import build_engine, migrate
 from tests import pg
+from tests.reliability.live_api import live_api  # noqa: F401 - H3's shared live server
 from tests.reliability.procs import ReliabilityCluster
 
 
