@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -280,4 +281,28 @@ def test_ambiguous_json_is_refused_by_the_app_and_the_hot_path_alike(live_api: L
                 )
                 assert r.status_code == 400, f"{attempt}, {name}: {r.status_code} {r.text}"
                 assert r.json()["type"] == "/problems/malformed-request", r.text
+    assert not changed_tables(before, live_api.digest())
+
+
+def test_nul_characters_are_refused_at_the_door(live_api: LiveApi) -> None:
+    """A NUL in a body string, a path or a query is a 400 before it reaches the store
+    (PostgreSQL's text cannot hold one: it was a 500 from inside a query)."""
+    tenant = live_api.tenant("nul")
+    event = {**EVENT, "consent_id": "nul\u0000id"}
+    requests_: list[tuple[str, str, dict[str, Any]]] = [
+        ("POST", "/v1/consent-events", {"json": event}),
+        ("POST", "/v1/templates", {"json": {"name": "a\u0000", "text": "b"}}),
+        ("PUT", "/v1/purposes/nul_test", {"json": {"description": "x\u0000"}}),
+        ("GET", "/v1/campaigns/a%00b", {}),
+        ("GET", "/v1/messages/a%00b", {}),
+        ("DELETE", "/v1/devices/a%00b", {}),
+        ("GET", "/v1/analytics/engagement", {"params": {"campaign_id": "a\u0000"}}),
+    ]
+    before = live_api.digest()
+    for method, path, kwargs in requests_:
+        # A client each: should one end in a 500, its connection would be closed under it.
+        with live_api.client(tenant["api_key"]) as http:
+            r = http.request(method, path, **kwargs)
+        assert r.status_code == 400, f"{method} {path}: {r.status_code} {r.text[:200]}"
+        assert r.json()["type"] == "/problems/malformed-request", r.text
     assert not changed_tables(before, live_api.digest())

@@ -13,6 +13,7 @@ def test_plain_json_reads_as_json() -> None:
         "b": {"c": -0.0},
     }
     assert loads('"é"') == "é"
+    assert loads(b'"a\\\\u0000"') == "a\\u0000"  # an escaped backslash, then text: no NUL
 
 
 @pytest.mark.parametrize(
@@ -28,6 +29,9 @@ def test_plain_json_reads_as_json() -> None:
         (b'{"a": "\xff"}', "not UTF-8"),
         (b'{"a": 1', "not valid JSON"),
         (b"", "not valid JSON"),
+        (b'{"consent_id": "a\\u0000b"}', "NUL"),
+        (b'{"a\\u0000": 1}', "NUL"),
+        ('["x", ["\\u0000"]]', "NUL"),
     ],
 )
 def test_ambiguous_or_malformed_json_is_refused(raw: bytes, why: str) -> None:

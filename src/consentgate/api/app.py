@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from consentgate import __version__
 from consentgate.api import openapi, problems
 from consentgate.api.hotpath import HotPath
-from consentgate.api.limits import BodyLimit
+from consentgate.api.limits import BodyLimit, NoNul
 from consentgate.api.routers import analytics as analytics_router
 from consentgate.api.routers import audit as audit_router
 from consentgate.api.routers import callbacks, cmp, consent, delivery, health, ledger, receipts
@@ -66,6 +66,7 @@ def create_app(core: App) -> FastAPI:
         )
     # Innermost of ours: the busiest routes, answered without the router (api/hotpath.py).
     app.add_middleware(HotPath, core=core)
+    app.add_middleware(NoNul)  # outside the hot path too
     app.add_middleware(BodyLimit, max_bytes=core.settings.server.max_body_bytes)
     # Outermost: times and logs every request (413s included) by its route template.
     app.add_middleware(AccessLog, metrics=core.metrics)

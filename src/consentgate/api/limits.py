@@ -87,3 +87,39 @@ class BodyLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+class NoNul:
+    """Refuses (400) a path or query that carries a NUL character (``%00``). No id or
+    parameter here holds one, and PostgreSQL's text cannot store or even compare it: the
+    query would fail inside the store (a 500) instead of at the door. (Bodies are checked by
+    :mod:`consentgate.domain.strictjson`; HTTP headers cannot carry NUL.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            "\x00" in scope["path"] or b"%00" in scope.get("query_string", b"")
+        ):
+            payload = json.dumps(
+                {
+                    "type": "/problems/malformed-request",
+                    "title": "Malformed request",
+                    "status": 400,
+                    "detail": "the path or query holds a NUL character",
+                }
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 400,
+                    "headers": [
+                        (b"content-type", b"application/problem+json"),
+                        (b"content-length", str(len(payload)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": payload})
+            return
+        await self.app(scope, receive, send)

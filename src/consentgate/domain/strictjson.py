@@ -4,7 +4,9 @@ RFC 8259 says object names SHOULD be unique and leaves the meaning of duplicates
 parser: Python's keeps the last one without a word, another reader of the same bytes (the
 CMP's own log, an auditor's tool) may keep the first. A consent record must mean one thing to
 everyone who reads it, so a body with a repeated name is refused, not guessed at. So are the
-non-JSON constants Python accepts (``NaN``, ``Infinity``) and numbers too large to be finite.
+non-JSON constants Python accepts (``NaN``, ``Infinity``), numbers too large to be finite,
+and strings holding a NUL character (``\u0000``: no field here means one, and PostgreSQL's
+text cannot store it).
 Every refusal, including nesting too deep for the parser and integers past Python's
 4,300-digit limit, is one :class:`NotJson` (a ``ValueError``), for callers to turn into
 their 400.
@@ -25,7 +27,7 @@ class NotJson(ValueError):
 
 def loads(raw: bytes | str) -> Any:
     try:
-        return json.loads(
+        value = json.loads(
             raw, object_pairs_hook=_unique, parse_constant=_constant, parse_float=_finite
         )
     except NotJson:
@@ -36,6 +38,26 @@ def loads(raw: bytes | str) -> Any:
         raise NotJson("not UTF-8") from None
     except ValueError:  # JSONDecodeError; an integer of more than 4,300 digits
         raise NotJson("not valid JSON") from None
+    # Only the escape can put a NUL in a string (a raw one is not JSON): look only then.
+    escaped = b"\\u0000" in raw if isinstance(raw, bytes) else "\\u0000" in raw
+    if escaped and _has_nul(value):
+        raise NotJson("a string holds a NUL character")
+    return value
+
+
+def _has_nul(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
