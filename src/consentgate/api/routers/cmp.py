@@ -58,7 +58,13 @@ lean_router = APIRouter(tags=["cmp"], route_class=LeanRoute)
 @lean_router.post(
     "/v1/tenants/{tenant}/cmp/{adapter}/events",
     status_code=201,
-    openapi_extra=request_body(schema={"type": "object", "description": "the CMP's format"}),
+    openapi_extra={
+        **request_body(schema={"type": "object", "description": "the CMP's format"}),
+        "parameters": [
+            {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
+            for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
+        ],
+    },
     responses={
         200: {"description": "replayed webhook-id (original answer) or identical events"},
         401: {"description": "missing, stale or bad Standard Webhooks signature"},
