@@ -58,6 +58,11 @@ BODIES: dict[str, tuple[bytes, str]] = {
     "huge integer": (b'{"consent_id": ' + b"9" * 5000 + b"}", "application/json"),
     "huge float": (b'{"consent_id": "x", "n": 1e999999}', "application/json"),
     "NaN": (b'{"consent_id": NaN}', "application/json"),
+    "NUL": (json.dumps({**EVENT, "consent_id": "a\u0000"}).encode(), "application/json"),
+    "half a surrogate pair": (
+        json.dumps({**EVENT, "consent_id": "x"}).replace('"x"', '"\\ud800"').encode(),
+        "application/json",
+    ),
     "repeated names": (
         json.dumps(EVENT)[:-1].encode() + b', "status": "withdrawn"}',
         "application/json",

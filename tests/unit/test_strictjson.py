@@ -14,6 +14,7 @@ def test_plain_json_reads_as_json() -> None:
     }
     assert loads('"é"') == "é"
     assert loads(b'"a\\\\u0000"') == "a\\u0000"  # an escaped backslash, then text: no NUL
+    assert loads(b'"\\ud83d\\ude00"') == "\U0001f600"  # a whole pair is a character
 
 
 @pytest.mark.parametrize(
@@ -32,6 +33,8 @@ def test_plain_json_reads_as_json() -> None:
         (b'{"consent_id": "a\\u0000b"}', "NUL"),
         (b'{"a\\u0000": 1}', "NUL"),
         ('["x", ["\\u0000"]]', "NUL"),
+        (b'{"consent_id": "\\ud800"}', "surrogate"),
+        (b'["\\uDC00x"]', "surrogate"),
     ],
 )
 def test_ambiguous_or_malformed_json_is_refused(raw: bytes, why: str) -> None:

@@ -6,7 +6,8 @@ CMP's own log, an auditor's tool) may keep the first. A consent record must mean
 everyone who reads it, so a body with a repeated name is refused, not guessed at. So are the
 non-JSON constants Python accepts (``NaN``, ``Infinity``), numbers too large to be finite,
 and strings holding a NUL character (``\u0000``: no field here means one, and PostgreSQL's
-text cannot store it).
+text cannot store it) or half a surrogate pair (``\ud800`` alone is no character: it cannot
+be written as UTF-8).
 Every refusal, including nesting too deep for the parser and integers past Python's
 4,300-digit limit, is one :class:`NotJson` (a ``ValueError``), for callers to turn into
 their 400.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from consentgate.errors import UnsupportedMediaType
@@ -38,26 +40,34 @@ def loads(raw: bytes | str) -> Any:
         raise NotJson("not UTF-8") from None
     except ValueError:  # JSONDecodeError; an integer of more than 4,300 digits
         raise NotJson("not valid JSON") from None
-    # Only the escape can put a NUL in a string (a raw one is not JSON): look only then.
-    escaped = b"\\u0000" in raw if isinstance(raw, bytes) else "\\u0000" in raw
-    if escaped and _has_nul(value):
-        raise NotJson("a string holds a NUL character")
+    # Only an escape can put either in a string (raw ones are not JSON): look only then.
+    suspect = _SUSPECT_BYTES.search(raw) if isinstance(raw, bytes) else _SUSPECT.search(raw)
+    if suspect and (why := _unstorable(value)):
+        raise NotJson(why)
     return value
 
 
-def _has_nul(value: Any) -> bool:
+_SUSPECT = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+_SUSPECT_BYTES = re.compile(_SUSPECT.pattern.encode())
+
+
+def _unstorable(value: Any) -> str | None:
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
             if "\x00" in item:
-                return True
+                return "a string holds a NUL character"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "a string holds half a surrogate pair"
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return False
+    return None
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
