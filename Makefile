@@ -20,8 +20,12 @@ $(STAMP): requirements-dev.lock pyproject.toml
 run: install
 	$(BIN)/consentgate serve --host $(HOST) --port $(PORT) --demo
 
+# The suite on every core (pytest-xdist): each worker process has its own PostgreSQL
+# cluster, temp dirs and ports; worksteal evens out the long end-to-end tests.
+# TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= auto
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=20
 
 # The reliability suite in full (more kills, bigger campaigns; prints what each scenario
 # checked). `make test` runs its short form.
