@@ -34,7 +34,7 @@ def _tree_size(http: httpx.Client) -> int:
 
 
 def test_ingest_replay_conflict_and_reads(server: Server) -> None:
-    acme = server.create_tenant("acme")
+    acme = server.create_tenant("acme", cli=True)  # the operator's command, end to end
     with server.client(acme["api_key"]) as http:
         first = http.post("/v1/consent-events", json=_event("c-1"))
         assert first.status_code == 201, first.text
