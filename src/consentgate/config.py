@@ -42,6 +42,9 @@ class ConsentSettings:
     log_origin_prefix: str = "consentgate.local/ledger"
     public_url: str = "http://127.0.0.1:8080"
     gate_cache_seconds: float = 30.0
+    # Single-event ingest (API and CMP webhooks) when busy: how long a committing thread
+    # waits for more events to share the transaction (consent.batcher). 0: never waits.
+    ingest_linger_seconds: float = 0.002
     sandbox_url: str = ""  # default: <public_url>/sandbox
     # How long a dispatch claim (and a pending message claim) is held before another worker
     # may take it over: longer than any single send can take.
@@ -208,6 +211,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             log_origin_prefix=env.get("CONSENTGATE_LOG_ORIGIN_PREFIX", "consentgate.local/ledger"),
             public_url=env.get("CONSENTGATE_PUBLIC_URL", "http://127.0.0.1:8080").rstrip("/"),
             gate_cache_seconds=float(env.get("CONSENTGATE_GATE_CACHE_SECONDS", "30")),
+            ingest_linger_seconds=float(env.get("CONSENTGATE_INGEST_LINGER_MS", "2")) / 1000,
             sandbox_url=env.get("CONSENTGATE_SANDBOX_URL", "").rstrip("/"),
             dispatch_lease_seconds=float(env.get("CONSENTGATE_DISPATCH_LEASE_SECONDS", "60")),
             checkpoint_on_commit=_bool(env, "CONSENTGATE_CHECKPOINT_ON_COMMIT", True),

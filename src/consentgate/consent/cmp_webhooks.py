@@ -75,6 +75,7 @@ class CmpWebhookService:
         committer: GroupCommitter,
         clock: Clock,
         adapters: Mapping[str, Adapter],
+        linger: float = 0.0,
     ) -> None:
         self._engine = engine
         self._tenants = tenants
@@ -86,7 +87,7 @@ class CmpWebhookService:
         # A tenant's deliveries always go to the same batcher thread (one transaction per
         # batch and tenant); tenants on different threads commit side by side.
         self._batchers: list[Batcher[Delivery, WebhookOutcome]] = [
-            Batcher(self.handle_many, f"cmp-webhooks-{n}") for n in range(_SHARDS)
+            Batcher(self.handle_many, f"cmp-webhooks-{n}", linger=linger) for n in range(_SHARDS)
         ]
 
     @property

@@ -31,11 +31,13 @@ class SingleEvent:
 
 
 class SingleEventIngest:
-    def __init__(self, ingest: IngestService, committer: GroupCommitter) -> None:
+    def __init__(
+        self, ingest: IngestService, committer: GroupCommitter, linger: float = 0.0
+    ) -> None:
         self._ingest = ingest
         self._committer = committer
         self._batchers: list[Batcher[SingleEvent, IngestResult]] = [
-            Batcher(self.handle_many, f"single-ingest-{n}") for n in range(_SHARDS)
+            Batcher(self.handle_many, f"single-ingest-{n}", linger=linger) for n in range(_SHARDS)
         ]
 
     async def submit(self, tenant: str, region: str | None, event: EventInput) -> IngestResult:
