@@ -145,7 +145,8 @@ def _drive(
             text=True,
             cwd=REPO,
         )
-        assert child.stdin is not None and child.stdout is not None
+        assert child.stdin is not None
+        assert child.stdout is not None
         child.stdin.write(json.dumps(cfg) + "\n")
         child.stdin.flush()
         procs.append(child)
