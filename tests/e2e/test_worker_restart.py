@@ -32,6 +32,7 @@ def carrier() -> Iterator[tuple[str, dict[str, str]]]:
             host="127.0.0.1",
             port=port,
             log_level="warning",
+            timeout_graceful_shutdown=1,  # a keep-alive client must not hold the teardown
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)
@@ -125,4 +126,5 @@ def test_killed_worker_never_sends_twice(
         f"killed after {delivered_at_kill} deliveries; {len(received)} received in all, "
         f"{len(set(received))} distinct recipients (expected {len(PHONES)})"
     )
+    sandbox.close()
     assert sorted(received) == sorted(PHONES)  # everyone once, nobody twice
