@@ -185,6 +185,7 @@ def _drive(
         "errors": sum(errors.values()),
         "errors_by_status": errors,
         "late_starts": sum(r["late_starts"] for r in results),
+        "not_sent": sum(r["not_sent"] for r in results),
         "acknowledged_incl_warmup": sum(r["acknowledged"] for r in results),
         **{k: round(v, 3) for k, v in latency_summary(latencies).items()},
         "server_cpu_cores": round(server_cpu, 2),
@@ -266,8 +267,10 @@ def run_backend(backend: Backend, plan: Plan, scenarios: list[str]) -> dict[str,
     }
     try:
         for scenario in scenarios:
-            rows = []
+            rows: list[dict[str, Any]] = []
             for rate in plan.rates[scenario]:
+                if len(rows) >= 2 and not rows[-1]["sustained"] and not rows[-2]["sustained"]:
+                    break  # two rates past saturation say enough
                 row = _drive(scenario, rate, plan, port, server.pid, ctx)
                 if scenario in ("ingest", "webhook"):
                     acked = row["acknowledged_incl_warmup"]
