@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -26,7 +27,12 @@ from consentgate.crypto.jws import JwsError, verify_with_jwks
 from consentgate.domain import consent as rules
 from consentgate.domain.clock import Clock
 from consentgate.domain.consent import ConsentStatus, Purpose, Source, StateEntry
-from consentgate.domain.identity import Identifier, normalise_email, normalise_phone_bulk
+from consentgate.domain.identity import (
+    Identifier,
+    IdentifierKind,
+    normalise_email,
+    normalise_phone_bulk,
+)
 from consentgate.domain.timeutil import format_rfc3339, from_micros, parse_rfc3339, to_micros
 from consentgate.errors import Conflict, InvalidInput
 from consentgate.ledger.leaf import LeafEvent, content_fingerprint
@@ -169,6 +175,16 @@ class IngestService:
             check_hashed_id(str(ev.hashed_id), field=f("hashed_id"))
         if not ev.consent_id or len(ev.consent_id) > 200:
             raise InvalidInput("consent_id must be 1-200 characters", field=f("consent_id"))
+        if (
+            identity is not None
+            and ev.source != Source.INBOUND_KEYWORD.value  # ours: a provider id or a digest
+            and _names_the_person(ev.consent_id, identity)
+        ):
+            raise InvalidInput(
+                "consent_id must not contain the person's phone number or e-mail address: "
+                "it is kept as given in the append-only ledger",
+                field=f("consent_id"),
+            )
         try:
             status = ConsentStatus(ev.status)
         except ValueError:
@@ -585,3 +601,25 @@ def notify_changes(conn: Connection, tenant: str, keys: list[tuple[str, str]]) -
 
 
 _NOTIFY = "SELECT pg_notify(:c, :p)"
+
+
+# A run of digits with the separators people put in numbers; letters end a run.
+_DIGIT_RUN = re.compile(r"[0-9][0-9 ()./+\-]*")
+_NON_DIGITS = re.compile(r"\D")
+
+
+def _names_the_person(consent_id: str, identity: Identifier) -> bool:
+    """Whether a CMP's ``consent_id`` carries the event's own phone number or e-mail address.
+
+    The id is kept verbatim in the ledger, which is append-only (an erasure cannot reach it):
+    an id built from the number would put the number on disk for good. A phone number counts
+    when its last eight digits appear in one run of the id's digits and the separators
+    people write numbers with (``+44 7911 123456``, ``07911123456``, ``447911123456-sms``;
+    letters end a run, so a hex digest does not match by accident); an address when it
+    appears, in any case."""
+    if identity.kind is IdentifierKind.EMAIL:
+        return identity.value.lower() in consent_id.lower()
+    tail = _NON_DIGITS.sub("", identity.value)[-8:]
+    return len(tail) == 8 and any(
+        tail in _NON_DIGITS.sub("", run) for run in _DIGIT_RUN.findall(consent_id)
+    )
