@@ -601,8 +601,8 @@ def main(argv: list[str] | None = None) -> int:
             earlier_file = _previous(args.output)
         except SystemExit:  # an unreadable earlier file: a full run replaces it whole
             earlier_file = None
-        if earlier_file is not None and "load" in earlier_file:
-            results["load"] = earlier_file["load"]  # make load's section (bench/load.py)
+        if earlier_file is not None:  # sections of other tools (make load, make reliability)
+            results.update({k: v for k, v in earlier_file.items() if k in OTHER_SECTIONS})
     console.print(f"total runtime {runtime:.0f} s; results in {args.output}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -639,6 +639,10 @@ def _sort_key(figure: dict[str, Any]) -> tuple[int, int, str]:
     backend = figure["backend"]
     rank = BACKEND_ORDER.index(backend) if backend in BACKEND_ORDER else len(BACKEND_ORDER)
     return rank, KEY_ORDER.get(figure["key"], len(KEY_ORDER)), figure["key"]
+
+
+#: Top-level sections of bench/results.json written by other tools, kept by every run here.
+OTHER_SECTIONS = ("load", "reliability")
 
 
 def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -704,8 +708,9 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             )
         ],
         "figures": merged,
-        # `make load` (bench/load.py) owns this section; a `make bench` run keeps it.
-        **({"load": old["load"]} if "load" in old else {}),
+        # Sections other tools own (`make load`: "load"; `make reliability`: "reliability"):
+        # a `make bench` run keeps them as they are.
+        **{k: v for k, v in old.items() if k in OTHER_SECTIONS},
     }
 
 
