@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
@@ -102,23 +102,11 @@ def _sqlite_read(engine: Engine, text: str, params: Mapping[str, Any]) -> list[R
         raw.detach()  # this thread's for good: never back to the pool
         local.conn = raw
     try:
-        cursor = raw.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(text, params)
-            return list(cursor.fetchall())
-        finally:
-            cursor.close()
+        return _fetch(raw.dbapi_connection, text, params)
     except engine.dialect.loaded_dbapi.Error as exc:
         local.conn = None
         raw.close()
-        raise DBAPIError.instance(
-            text,
-            params,
-            exc,
-            engine.dialect.loaded_dbapi.Error,
-            hide_parameters=True,
-            dialect=engine.dialect,
-        ) from exc
+        raise _driver_error(engine, text, params, exc, invalidated=False) from exc
 
 
 def read(engine: Engine, sql: str, params: Mapping[str, Any]) -> list[Row]:
@@ -135,12 +123,7 @@ def read(engine: Engine, sql: str, params: Mapping[str, Any]) -> list[Row]:
         if postgres:
             driver.autocommit = True  # type: ignore[union-attr]
         try:
-            cursor = raw.cursor()
-            try:
-                cursor.execute(text, params)
-                return list(cursor.fetchall())
-            finally:
-                cursor.close()
+            return _fetch(raw, text, params)
         finally:
             if postgres:
                 driver.autocommit = False  # type: ignore[union-attr]
@@ -148,17 +131,33 @@ def read(engine: Engine, sql: str, params: Mapping[str, Any]) -> list[Row]:
         disconnected = engine.dialect.is_disconnect(exc, raw.dbapi_connection, None)
         if disconnected:
             raw.invalidate(exc)
-        raise DBAPIError.instance(
-            text,
-            params,
-            exc,
-            engine.dialect.loaded_dbapi.Error,
-            hide_parameters=True,
-            connection_invalidated=disconnected,
-            dialect=engine.dialect,
-        ) from exc
+        raise _driver_error(engine, text, params, exc, invalidated=disconnected) from exc
     finally:
         raw.close()
+
+
+def _fetch(connection: Any, text: str, params: Mapping[str, Any]) -> list[Row]:
+    cursor = connection.cursor()
+    try:
+        cursor.execute(text, params)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
+def _driver_error(
+    engine: Engine, text: str, params: Any, exc: Exception, *, invalidated: bool
+) -> StatementError:
+    """The driver's error as SQLAlchemy's (parameters hidden: they may be hashed ids)."""
+    return DBAPIError.instance(
+        text,
+        params,
+        exc,
+        engine.dialect.loaded_dbapi.Error,
+        hide_parameters=True,
+        connection_invalidated=invalidated,
+        dialect=engine.dialect,
+    )
 
 
 def run(conn: Connection, sql: str, params: Mapping[str, Any]) -> int:
