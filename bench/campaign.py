@@ -26,7 +26,6 @@ under ``py-spy record --threads --idle`` and a summary goes to bench/profiles/.
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import subprocess
@@ -41,7 +40,14 @@ import httpx
 
 from bench import pyspy
 from bench.backends import Backend
-from bench.common import Figure, _git_head, free_port, latency_summary, process_cpu_seconds
+from bench.common import (
+    Figure,
+    _git_head,
+    create_tenant,
+    free_port,
+    latency_summary,
+    process_cpu_seconds,
+)
 from bench.config import Sizes
 from bench.httpbench import _cli, _stop
 from bench.webhook import _cpu_ticks
@@ -380,17 +386,11 @@ def run(backend: Backend, core: App, sizes: Sizes, profile_dir: Path | None) -> 
         "CONSENTGATE_SANDBOX_RBM_TOKEN": "bench-rbm-" + uuid.uuid4().hex,
         "CONSENTGATE_SANDBOX_TWILIO_TOKEN": "bench-twilio-" + uuid.uuid4().hex,
     }
-    created = subprocess.run(
-        [str(_cli()), "tenant", "create", TENANT, "--region", "GB"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if created.returncode != 0:
-        fig.skipped = f"skipped: consentgate tenant create failed: {created.stderr.strip()[-300:]}"
+    created = create_tenant(env, TENANT)
+    if isinstance(created, str):
+        fig.skipped = created
         return [fig]
-    api_key = json.loads(created.stdout)["api_key"]
+    api_key = created["api_key"]
     numbers = recipients(n, "+4479111")
     warm = recipients(sizes.campaign_warmup, "+4474001")
     timeout = sizes.campaign_timeout_seconds

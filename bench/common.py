@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -9,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -88,6 +90,23 @@ class Figure:
             },
             "details": self.details,
         }
+
+
+def create_tenant(env: Mapping[str, str], name: str) -> dict[str, Any] | str:
+    """``consentgate tenant create NAME --region GB`` as an operator runs it: the tenant's
+    credentials (``api_key``, ``webhook_secret``...), or why it failed (a skip reason)."""
+    cli = Path(sys.executable).parent / "consentgate"
+    created = subprocess.run(
+        [str(cli), "tenant", "create", name, "--region", "GB"],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if created.returncode != 0:
+        return f"skipped: consentgate tenant create failed: {created.stderr.strip()[-300:]}"
+    info: dict[str, Any] = json.loads(created.stdout)
+    return info
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ All traffic is on 127.0.0.1; every client loop is bounded in time and in count.
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import random
@@ -21,7 +20,7 @@ import httpx
 
 from bench import data
 from bench.backends import Backend
-from bench.common import Figure, free_port, latency_summary, process_cpu_seconds
+from bench.common import Figure, create_tenant, free_port, latency_summary, process_cpu_seconds
 from bench.config import Sizes
 from consentgate.bootstrap import App
 
@@ -183,17 +182,11 @@ def run(backend: Backend, core: App, phones: list[str], sizes: Sizes) -> Figure:
     if not _cli().exists():
         fig.skipped = f"skipped: {_cli()} not installed"
         return fig
-    created = subprocess.run(
-        [str(_cli()), "tenant", "create", TENANT, "--region", "GB"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if created.returncode != 0:
-        fig.skipped = f"skipped: consentgate tenant create failed: {created.stderr.strip()[-300:]}"
+    created = create_tenant(env, TENANT)
+    if isinstance(created, str):
+        fig.skipped = created
         return fig
-    api_key = json.loads(created.stdout)["api_key"]
+    api_key = created["api_key"]
 
     # The tenant's subjects: one event each, through the real ingest path (not timed).
     hashed: list[str] = []

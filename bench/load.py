@@ -33,8 +33,8 @@ from typing import Any
 
 from bench import pgcluster
 from bench.backends import Backend, PostgresBackend, SqliteBackend
-from bench.common import free_port, latency_summary, load_average, machine_info
-from bench.httpbench import _cli, _start_server, _stop
+from bench.common import create_tenant, free_port, latency_summary, load_average, machine_info
+from bench.httpbench import _start_server, _stop
 from bench.webhook import _process_tree, _tree_cpu_seconds, secret_bytes
 from bench.webhook_client import headers as signed_headers
 from consentgate.bootstrap import build
@@ -203,16 +203,9 @@ def _drive(
 
 
 def _seed(backend: Backend, subjects: int) -> tuple[str, str, list[str]]:
-    env = {**os.environ, **backend.env}
-    created = subprocess.run(
-        [str(_cli()), "tenant", "create", TENANT, "--region", "GB"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    info = json.loads(created.stdout)
+    info = create_tenant({**os.environ, **backend.env}, TENANT)
+    if isinstance(info, str):
+        raise RuntimeError(info)
     core = build(load_settings(backend.env))
     try:
         from consentgate.consent.ingest import EventInput

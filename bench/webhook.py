@@ -31,7 +31,7 @@ from typing import Any
 
 from bench import webhook_client as client
 from bench.backends import Backend
-from bench.common import REPO, Figure, free_port, latency_summary
+from bench.common import REPO, Figure, create_tenant, free_port, latency_summary
 from bench.config import Sizes
 from bench.httpbench import _cli, _start_server, _stop
 from consentgate.bootstrap import App
@@ -360,20 +360,12 @@ def run(backend: Backend, core: App, sizes: Sizes) -> list[Figure]:
         for f in figs:
             f.skipped = f"skipped: {_cli()} not installed"
         return figs
-    created = subprocess.run(
-        [str(_cli()), "tenant", "create", TENANT, "--region", "GB"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if created.returncode != 0:
+    created = create_tenant(env, TENANT)
+    if isinstance(created, str):
         for f in figs:
-            f.skipped = (
-                f"skipped: consentgate tenant create failed: {created.stderr.strip()[-300:]}"
-            )
+            f.skipped = created
         return figs
-    secret = secret_bytes(json.loads(created.stdout)["webhook_secret"])
+    secret = secret_bytes(created["webhook_secret"])
 
     # The figure: one HTTP process per core (serve --workers N); beside it, the same load on
     # one process (the CLI default) for comparison.
