@@ -10,6 +10,7 @@ revoke_if_withdrawn`), and campaigns whose last recipient completed are closed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -200,20 +201,28 @@ class Settler:
     def close_finished(self, campaign_ids: set[str]) -> None:
         for campaign_id in campaign_ids:
             with write_tx(self._engine) as conn:
-                open_ = conn.execute(
-                    select(func.count())
-                    .select_from(campaign_recipients)
-                    .where(
-                        campaign_recipients.c.campaign_id == campaign_id,
-                        campaign_recipients.c.state != "done",
-                    )
-                ).scalar_one()
-                if open_ == 0:
-                    conn.execute(
-                        update(campaigns)
-                        .where(campaigns.c.id == campaign_id)
-                        .values(status="done", updated_us=self._now_us())
-                    )
+                close_if_finished(conn, [campaign_id], self._now_us())
+
+
+def close_if_finished(conn: Connection, campaign_ids: Iterable[str], now_us: int) -> None:
+    """Mark done each queued or running campaign of ``campaign_ids`` that has no open
+    recipient left (the dispatcher after settling a batch; an erasure after skipping the
+    subject's queued sends)."""
+    for campaign_id in campaign_ids:
+        still_open = conn.execute(
+            select(func.count())
+            .select_from(campaign_recipients)
+            .where(
+                campaign_recipients.c.campaign_id == campaign_id,
+                campaign_recipients.c.state != "done",
+            )
+        ).scalar_one()
+        if not still_open:
+            conn.execute(
+                update(campaigns)
+                .where(campaigns.c.id == campaign_id, campaigns.c.status.in_(["queued", "running"]))
+                .values(status="done", updated_us=now_us)
+            )
 
 
 _RECIPIENT = {

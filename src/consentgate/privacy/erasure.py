@@ -34,7 +34,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +43,6 @@ from sqlalchemy import (
     Connection,
     Engine,
     delete,
-    func,
     insert,
     literal,
     select,
@@ -53,6 +52,7 @@ from sqlalchemy import (
 from consentgate.consent.ingest import notify_changes
 from consentgate.consent.subjects import SubjectLinks, check_hashed_id
 from consentgate.crypto.keystore import KeyStore
+from consentgate.delivery.settle import close_if_finished
 from consentgate.domain import consent as rules
 from consentgate.domain.clock import Clock
 from consentgate.domain.consent import Source
@@ -67,7 +67,6 @@ from consentgate.storage.engine import write_tx
 from consentgate.storage.tables import (
     analytics_conversions,
     campaign_recipients,
-    campaigns,
     consent_state,
     devices,
     erasures,
@@ -279,28 +278,8 @@ class ErasureService:
             .where(mine)
             .values(hashed_id=None, sealed=None, wrapped_key=None)
         )
-        self._close_campaigns(conn, {r.campaign_id for r in rows if r.state != "done"}, now_us)
+        close_if_finished(conn, {r.campaign_id for r in rows if r.state != "done"}, now_us)
         return len(rows), {r.message_id for r in rows if r.message_id is not None}
-
-    def _close_campaigns(self, conn: Connection, campaign_ids: Iterable[str], now_us: int) -> None:
-        """A campaign whose last open recipients were just skipped is finished."""
-        for campaign_id in campaign_ids:
-            still_open = conn.execute(
-                select(func.count())
-                .select_from(campaign_recipients)
-                .where(
-                    campaign_recipients.c.campaign_id == campaign_id,
-                    campaign_recipients.c.state != "done",
-                )
-            ).scalar_one()
-            if not still_open:
-                conn.execute(
-                    update(campaigns)
-                    .where(
-                        campaigns.c.id == campaign_id, campaigns.c.status.in_(["queued", "running"])
-                    )
-                    .values(status="done", updated_us=now_us)
-                )
 
     def _webhook_receipts(self, conn: Connection, tenant: str, hashes: list[str]) -> int:
         """Rewrite cached CMP webhook answers that name one of ``hashes`` (a scan of the
