@@ -39,7 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consentgate.api.models import ConsentEventIn
-from consentgate.api.problems import problem_parts
+from consentgate.api.problems import problem_parts, send_answer
 from consentgate.bootstrap import App
 from consentgate.consent.cmp_webhooks import Delivery
 from consentgate.consent.ingest import EventInput
@@ -97,7 +97,7 @@ class HotPath:
                 read: list[bytes] = []  # the body, once a handler has read it
                 answer = await handler(scope, _Recorder(receive, read), parts)
                 if answer is not None:
-                    await _respond(send, *answer)
+                    await send_answer(send, *answer)
                     return
                 scope.pop("route", None)  # the app's router sets its own
                 if read:
@@ -222,15 +222,3 @@ def _dumps(doc: Any) -> bytes:
 def _problem(exc: ConsentGateError, instance: str) -> Answer:
     status, body, headers = problem_parts(exc, instance)
     return status, body, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-
-
-async def _respond(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
-) -> None:
-    start: Message = {
-        "type": "http.response.start",
-        "status": status,
-        "headers": [*headers, (b"content-length", str(len(body)).encode("ascii"))],
-    }
-    await send(start)
-    await send({"type": "http.response.body", "body": body})

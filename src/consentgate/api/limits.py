@@ -13,6 +13,10 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from consentgate.api.problems import PROBLEM_JSON, send_answer
+
+_PROBLEM = PROBLEM_JSON.encode()
+
 
 class BodyLimit:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -70,19 +74,8 @@ class BodyLimit:
             "detail": f"the request body exceeds {self.max_bytes} bytes",
             "instance": scope.get("path", ""),
         }
-        payload = json.dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/problem+json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        headers = [(b"content-type", _PROBLEM), (b"connection", b"close")]
+        await send_answer(send, 413, json.dumps(body).encode(), headers)
 
 
 class _TooLarge(Exception):
@@ -110,16 +103,6 @@ class NoNul:
                     "detail": "the path or query holds a NUL character",
                 }
             ).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 400,
-                    "headers": [
-                        (b"content-type", b"application/problem+json"),
-                        (b"content-length", str(len(payload)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": payload})
+            await send_answer(send, 400, payload, [(b"content-type", _PROBLEM)])
             return
         await self.app(scope, receive, send)

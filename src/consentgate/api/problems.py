@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.types import Send
 
 from consentgate.errors import ConsentGateError
 
@@ -84,6 +85,21 @@ def problem_parts(exc: ConsentGateError, instance: str) -> tuple[int, bytes, dic
         log.error("request failed: %s (%s)", exc.code, type(exc).__name__)
     encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
     return exc.status, encoded, headers
+
+
+async def send_answer(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """A whole response from a pure ASGI layer (body limits, the hot path): ``headers`` plus
+    Content-Length, then the body."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode("ascii"))],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def field_path(loc: Sequence[int | str]) -> str:
